@@ -1,0 +1,149 @@
+"""The order store: one object over a SQLAlchemy engine (SQLite file or PostgreSQL).
+
+Everything that reads or writes the store goes through :class:`OrderStore`, so assets,
+the CLI and tests share one set of guarded operations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from orders_etl.model import OrderRecord, Reject, Source
+from orders_etl.store import landing
+from orders_etl.store.engine import create_store_engine, database_url_from_env, masked_url
+from orders_etl.store.landing import LandedRecord, RawRecord
+from orders_etl.store.migrate import ensure_schema
+from orders_etl.store.schema import ORDER_FIELDS, orders, source_orders
+from orders_etl.store.upsert import DEFAULT_CHUNK_SIZE, UpsertCounts, chunked, upsert_orders
+
+__all__ = ["LandedRecord", "OrderStore", "RawRecord", "UpsertCounts"]
+
+
+class OrderStore:
+    """The order store at ``url``; the schema is migrated to head on first use."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        ensure_schema(engine)
+
+    @classmethod
+    def from_url(cls, url: str | None = None, **engine_kwargs: Any) -> OrderStore:
+        return cls(create_store_engine(url or database_url_from_env(), **engine_kwargs))
+
+    @property
+    def masked_url(self) -> str:
+        return masked_url(self.engine.url)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- normalized orders ------------------------------------------------------------
+
+    def upsert(
+        self,
+        source: str | Source,
+        records: Iterable[OrderRecord] | Iterable[Sequence[OrderRecord]],
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        on_chunk: Callable[[int, UpsertCounts], None] | None = None,
+    ) -> UpsertCounts:
+        """Upsert orders (a flat iterable, chunked here) into source_orders and orders."""
+        return upsert_orders(self.engine, source, chunked(records, chunk_size), on_chunk=on_chunk)
+
+    def upsert_chunks(
+        self,
+        source: str | Source,
+        chunks: Iterable[Sequence[OrderRecord]],
+        *,
+        on_chunk: Callable[[int, UpsertCounts], None] | None = None,
+    ) -> UpsertCounts:
+        return upsert_orders(self.engine, source, chunks, on_chunk=on_chunk)
+
+    def mark_deleted(self, source: str | Source, deleted: Mapping[str, datetime]) -> UpsertCounts:
+        """Mark orders destroyed at the source: a new version with ``deleted_at`` set.
+
+        The row is kept (analysts still see the order); its ``updated_at`` moves to the
+        deletion time when that is later, so the usual newest-wins rule orders it against
+        any other version. Keys the store has never seen are ignored.
+        """
+        source = Source(source).value
+        if not deleted:
+            return UpsertCounts()
+        versions: list[OrderRecord] = []
+        for record in self.source_records(source, list(deleted)):
+            when = deleted[record.external_id]
+            versions.append(
+                record.model_copy(update={"deleted_at": when, "updated_at": max(record.updated_at, when)})
+            )
+        return self.upsert(source, versions)
+
+    def source_records(self, source: str | Source, external_ids: Sequence[str]) -> list[OrderRecord]:
+        source = Source(source).value
+        columns = [source_orders.c.external_id, *(source_orders.c[f] for f in ORDER_FIELDS)]
+        found: list[OrderRecord] = []
+        with self.engine.connect() as conn:
+            for start in range(0, len(external_ids), 500):
+                batch = external_ids[start : start + 500]
+                rows = conn.execute(
+                    sa.select(*columns).where(
+                        source_orders.c.source == source, source_orders.c.external_id.in_(batch)
+                    )
+                )
+                found.extend(OrderRecord.model_validate(dict(row._mapping)) for row in rows)
+        return found
+
+    def shopify_ids_by_name(self, names: Iterable[str]) -> dict[str, str]:
+        """Shopify ``name`` (e.g. ``#1001``) -> numeric ``external_id``, for names the store knows."""
+        wanted = sorted(set(names))
+        found: dict[str, str] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 500):
+                rows = conn.execute(
+                    sa.select(source_orders.c.number, source_orders.c.external_id).where(
+                        source_orders.c.source == Source.SHOPIFY.value,
+                        source_orders.c.number.in_(wanted[start : start + 500]),
+                    )
+                )
+                found.update({number: external_id for number, external_id in rows})
+        return found
+
+    # -- raw landing, rejects, cursors --------------------------------------------------
+
+    def land_raw(self, source: str | Source, records: Iterable[RawRecord], *, run_id: str | None = None) -> int:
+        return landing.land_raw(self.engine, Source(source).value, records, run_id=run_id)
+
+    def iter_raw(
+        self, source: str | Source, start: datetime | None = None, end: datetime | None = None
+    ) -> Iterator[list[LandedRecord]]:
+        return landing.iter_raw(self.engine, Source(source).value, start, end)
+
+    def record_rejects(self, rejects: Iterable[Reject], *, run_id: str | None = None) -> int:
+        return landing.record_rejects(self.engine, rejects, run_id=run_id)
+
+    def high_water_mark(self, source: str | Source) -> datetime | None:
+        return landing.high_water_mark(self.engine, Source(source).value)
+
+    def advance_high_water_mark(self, source: str | Source, mark: datetime, *, run_id: str | None = None) -> datetime:
+        return landing.advance_high_water_mark(self.engine, Source(source).value, mark, run_id=run_id)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def read_table(self, table: str | sa.Table, where: sa.ColumnElement[bool] | None = None) -> pd.DataFrame:
+        """A whole table (or a filtered part) as a DataFrame with exact Decimal money."""
+        table = orders.metadata.tables[table] if isinstance(table, str) else table
+        query = sa.select(table)
+        if where is not None:
+            query = query.where(where)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return pd.DataFrame(rows, columns=[c.name for c in table.columns])
+
+    def count(self, table: str) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(sa.table(table))).scalar_one()

@@ -1,0 +1,94 @@
+"""Engines for the order store: SQLite tuned for concurrent writers, PostgreSQL via psycopg 3.
+
+SQLite notes (why each setting):
+* WAL lets analysts read while a sync writes; ``busy_timeout`` makes a second writer wait
+  for the lock instead of failing with "database is locked".
+* Every transaction starts with ``BEGIN IMMEDIATE``: a writer takes the write lock before
+  it reads what it is about to overwrite, so two syncs cannot interleave a read-compare-
+  write and lose an update (pysqlite's default deferred BEGIN would let them).
+* ``decimal_sum(x)`` sums money text exactly (SQLite's own SUM goes through float).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
+
+DEFAULT_DATABASE_URL = "sqlite:///data/orders.db"
+SQLITE_BUSY_TIMEOUT_MS = 120_000
+
+
+def database_url_from_env() -> str:
+    return os.environ.get("ORDERS_ETL_DATABASE_URL") or DEFAULT_DATABASE_URL
+
+
+def masked_url(url: str | sa.URL) -> str:
+    """The URL with its password replaced by ``***``: the only form that may be logged."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL may still hold a secret: show nothing of it
+        return "<unparsable database URL>"
+
+
+class _DecimalSum:
+    """SQLite aggregate: exact sum of decimal text (NULLs ignored, like SUM)."""
+
+    def __init__(self) -> None:
+        self.total: Decimal | None = None
+
+    def step(self, value: Any) -> None:
+        if value is None:
+            return
+        amount = Decimal(str(value))
+        self.total = amount if self.total is None else self.total + amount
+
+    def finalize(self) -> str | None:
+        return None if self.total is None else str(self.total)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+        # Take transaction control away from pysqlite so that BEGIN IMMEDIATE below is ours.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA temp_store = MEMORY")
+        cursor.execute("PRAGMA cache_size = -131072")  # 128 MiB page cache
+        cursor.close()
+        dbapi_connection.create_aggregate("decimal_sum", 1, _DecimalSum)
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: sa.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_store_engine(url: str | sa.URL | None = None, **kwargs: Any) -> Engine:
+    """An engine for ``url`` (default: ``ORDERS_ETL_DATABASE_URL`` or the local SQLite file)."""
+    sa_url = make_url(url or database_url_from_env())
+    if sa_url.get_backend_name() == "sqlite":
+        database = sa_url.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(sa_url, **kwargs)
+        _configure_sqlite(engine)
+        return engine
+    if sa_url.get_backend_name() == "postgresql" and sa_url.get_driver_name() in ("psycopg2", ""):
+        # psycopg 3 is the driver we ship and the one with COPY from Python iterables.
+        sa_url = sa_url.set(drivername="postgresql+psycopg")
+    kwargs.setdefault("pool_pre_ping", True)
+    return sa.create_engine(sa_url, **kwargs)
+
+
+def is_sqlite(engine: Engine | sa.Connection) -> bool:
+    return engine.dialect.name == "sqlite"

@@ -1,0 +1,196 @@
+"""Raw landing (``raw_orders``), quarantine (``order_rejects``) and cursors (``sync_state``).
+
+Raw payloads are kept as canonical JSON text with a hash, so any day can be re-normalized
+without calling the source again, and a payload fetched twice is landed once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from orders_etl.model import Reject
+from orders_etl.store.schema import order_rejects, raw_orders, sync_state
+
+LANDING_CHUNK_SIZE = 5_000
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One record as the source sent it: its key, the source's update time, the payload."""
+
+    record_key: str
+    updated_at: datetime | None
+    payload: Any
+
+
+@dataclass(frozen=True, slots=True)
+class LandedRecord:
+    record_key: str
+    updated_at: datetime | None
+    payload: Any
+    raw_id: int
+
+
+def _json_default(value: Any) -> Any:
+    # Decimals (amounts parsed with parse_float=Decimal) are kept as exact decimal strings.
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot store {type(value).__name__} in a raw payload")
+
+
+def dump_payload(payload: Any) -> str:
+    """Canonical JSON (sorted keys, no spaces): equal payloads give equal text and hash."""
+    if isinstance(payload, str):
+        return payload
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+
+
+def load_payload(text: str) -> Any:
+    return json.loads(text, parse_float=Decimal)
+
+
+def _insert(conn: Connection, table: sa.Table) -> Any:
+    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def land_raw(
+    engine: Engine,
+    source: str,
+    records: Iterable[RawRecord],
+    *,
+    run_id: str | None = None,
+    chunk_size: int = LANDING_CHUNK_SIZE,
+) -> int:
+    """Land raw records (one transaction per chunk); returns how many were new."""
+    landed = 0
+    fetched_at = datetime.now(UTC)
+    for chunk in _chunks(records, chunk_size):
+        rows = []
+        for record in chunk:
+            text = dump_payload(record.payload)
+            rows.append(
+                {
+                    "source": source,
+                    "record_key": record.record_key,
+                    "updated_at": record.updated_at,
+                    "payload": text,
+                    "payload_hash": hashlib.blake2b(text.encode(), digest_size=16).hexdigest(),
+                    "fetched_at": fetched_at,
+                    "run_id": run_id,
+                }
+            )
+        with engine.begin() as conn:
+            statement = _insert(conn, raw_orders).on_conflict_do_nothing(
+                index_elements=["source", "record_key", "payload_hash"]
+            )
+            landed += conn.execute(statement, rows).rowcount
+    return landed
+
+
+def iter_raw(
+    engine: Engine,
+    source: str,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    *,
+    chunk_size: int = LANDING_CHUNK_SIZE,
+) -> Iterator[list[LandedRecord]]:
+    """Landed records of ``source`` whose ``updated_at`` is in ``[start, end)``, in chunks.
+
+    Every landed version is returned (oldest first); the upsert keeps the newest.
+    """
+    query = sa.select(raw_orders.c.record_key, raw_orders.c.updated_at, raw_orders.c.payload, raw_orders.c.raw_id)
+    query = query.where(raw_orders.c.source == source)
+    if start is not None:
+        query = query.where(raw_orders.c.updated_at >= start)
+    if end is not None:
+        query = query.where(raw_orders.c.updated_at < end)
+    query = query.order_by(raw_orders.c.raw_id)
+    with engine.connect() as conn:
+        result = conn.execution_options(yield_per=chunk_size).execute(query)
+        for partition in result.partitions(chunk_size):
+            yield [LandedRecord(key, updated, load_payload(payload), raw_id) for key, updated, payload, raw_id in partition]
+
+
+def record_rejects(engine: Engine, rejects: Iterable[Reject], *, run_id: str | None = None) -> int:
+    """Quarantine rejects: one row per (source, record_key), first/last seen kept."""
+    count = 0
+    now = datetime.now(UTC)
+    for chunk in _chunks(rejects, LANDING_CHUNK_SIZE):
+        latest = {(r.source, r.record_key): r for r in chunk}
+        rows = [
+            {
+                "source": r.source,
+                "record_key": r.record_key,
+                "reason": r.reason,
+                "payload": dump_payload(r.payload) if r.payload is not None else None,
+                "first_seen_at": now,
+                "last_seen_at": now,
+                "run_id": run_id,
+            }
+            for r in latest.values()
+        ]
+        with engine.begin() as conn:
+            statement = _insert(conn, order_rejects)
+            statement = statement.on_conflict_do_update(
+                index_elements=["source", "record_key"],
+                set_={
+                    "reason": statement.excluded.reason,
+                    "payload": statement.excluded.payload,
+                    "last_seen_at": statement.excluded.last_seen_at,
+                    "run_id": statement.excluded.run_id,
+                },
+            )
+            conn.execute(statement, rows)
+        count += len(chunk)
+    return count
+
+
+def high_water_mark(engine: Engine, source: str) -> datetime | None:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(sync_state.c.high_water_mark).where(sync_state.c.source == source)
+        ).scalar_one_or_none()
+
+
+def advance_high_water_mark(engine: Engine, source: str, mark: datetime, *, run_id: str | None = None) -> datetime:
+    """Move the cursor forward to ``mark`` (never backwards); call only after the data committed."""
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        current = conn.execute(
+            sa.select(sync_state.c.high_water_mark).where(sync_state.c.source == source)
+        ).scalar_one_or_none()
+        if current is not None and current >= mark:
+            return current
+        statement = _insert(conn, sync_state).values(
+            source=source, high_water_mark=mark, updated_at=now, run_id=run_id
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=["source"],
+            set_={"high_water_mark": mark, "updated_at": now, "run_id": run_id},
+        )
+        conn.execute(statement)
+    return mark

@@ -1,0 +1,157 @@
+"""The order store's tables (DESIGN.md §5). Analysts query these names: never rename them.
+
+The schema itself is owned by the Alembic migrations in ``store/migrations``; these Table
+objects describe it for queries. ``orders_etl_tests/test_store_schema.py`` checks both agree.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from orders_etl.store.types import Money, UtcDateTime
+
+metadata = sa.MetaData()
+
+# The normalized fields every source produces and the golden record carries.
+ORDER_FIELDS: tuple[str, ...] = (
+    "number",
+    "created_at",
+    "currency",
+    "total_amount",
+    "tax_amount",
+    "payment_status",
+    "status",
+    "shipping_method",
+    "tracking_number",
+    "customer_id",
+    "refunded_amount",
+    "payment_status_detail",
+    "updated_at",
+    "deleted_at",
+)
+MONEY_FIELDS = frozenset({"total_amount", "tax_amount", "refunded_amount"})
+DATETIME_FIELDS = frozenset({"created_at", "updated_at", "deleted_at"})
+
+
+def _order_columns() -> list[sa.Column]:
+    return [
+        sa.Column("number", sa.Text, nullable=False),
+        sa.Column("created_at", UtcDateTime),
+        sa.Column("currency", sa.Text, nullable=False),
+        sa.Column("total_amount", Money, nullable=False),
+        sa.Column("tax_amount", Money),
+        sa.Column("payment_status", sa.Text),
+        sa.Column("status", sa.Text, nullable=False),
+        sa.Column("shipping_method", sa.Text),
+        sa.Column("tracking_number", sa.Text),
+        sa.Column("customer_id", sa.Text),
+        sa.Column("refunded_amount", Money),
+        sa.Column("payment_status_detail", sa.Text),
+        sa.Column("updated_at", UtcDateTime, nullable=False),
+        sa.Column("deleted_at", UtcDateTime),
+    ]
+
+
+source_orders = sa.Table(
+    "source_orders",
+    metadata,
+    sa.Column("source", sa.Text, primary_key=True),
+    sa.Column("external_id", sa.Text, primary_key=True),
+    *_order_columns(),
+    # Hash of the normalized fields: tells "unchanged" without comparing every column and
+    # breaks updated_at ties deterministically (the larger hash wins).
+    sa.Column("content_hash", sa.Text, nullable=False),
+    sa.Column("synced_at", UtcDateTime, nullable=False),
+    sa.Index("ix_source_orders_external_id", "external_id"),
+    sa.Index("ix_source_orders_source_number", "source", "number"),
+)
+
+orders = sa.Table(
+    "orders",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("external_id", sa.Text, nullable=False, unique=True),
+    *_order_columns(),
+    sa.Column("origin", sa.Text, nullable=False),
+    sa.Column("synced_at", UtcDateTime, nullable=False),
+    sa.Index("ix_orders_created_at", "created_at"),
+)
+
+raw_orders = sa.Table(
+    "raw_orders",
+    metadata,
+    sa.Column("raw_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("record_key", sa.Text, nullable=False),
+    sa.Column("updated_at", UtcDateTime),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("payload_hash", sa.Text, nullable=False),
+    sa.Column("fetched_at", UtcDateTime, nullable=False),
+    sa.Column("run_id", sa.Text),
+    # The same payload fetched again is not landed twice, so re-runs keep the table stable.
+    sa.UniqueConstraint("source", "record_key", "payload_hash", name="uq_raw_orders_payload"),
+    sa.Index("ix_raw_orders_source_updated_at", "source", "updated_at"),
+)
+
+order_rejects = sa.Table(
+    "order_rejects",
+    metadata,
+    sa.Column("source", sa.Text, primary_key=True),
+    sa.Column("record_key", sa.Text, primary_key=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("payload", sa.Text),
+    sa.Column("first_seen_at", UtcDateTime, nullable=False),
+    sa.Column("last_seen_at", UtcDateTime, nullable=False),
+    sa.Column("run_id", sa.Text),
+)
+
+sync_state = sa.Table(
+    "sync_state",
+    metadata,
+    sa.Column("source", sa.Text, primary_key=True),
+    sa.Column("high_water_mark", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("run_id", sa.Text),
+)
+
+reconciliation_exceptions = sa.Table(
+    "reconciliation_exceptions",
+    metadata,
+    sa.Column("external_id", sa.Text, primary_key=True),
+    sa.Column("kind", sa.Text, primary_key=True),
+    sa.Column("currency", sa.Text),
+    sa.Column("order_created_at", UtcDateTime),
+    sa.Column("shopify_value", sa.Text),
+    sa.Column("erp_value", sa.Text),
+    sa.Column("difference", Money),
+    sa.Column("first_detected_at", UtcDateTime, nullable=False),
+    sa.Column("last_detected_at", UtcDateTime, nullable=False),
+    sa.Column("resolved_at", UtcDateTime),
+    sa.Index("ix_reconciliation_exceptions_open", "resolved_at", "kind"),
+)
+
+EXCEPTION_KINDS: tuple[str, ...] = (
+    "missing_in_erp",
+    "missing_in_shopify",
+    "total_mismatch",
+    "tax_mismatch",
+    "refund_mismatch",
+    "payment_status_mismatch",
+    "currency_mismatch",
+)
+
+reconciliation_summary = sa.Table(
+    "reconciliation_summary",
+    metadata,
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("currency", sa.Text, primary_key=True),
+    sa.Column("shopify_orders", sa.Integer, nullable=False),
+    sa.Column("erp_orders", sa.Integer, nullable=False),
+    sa.Column("shopify_total", Money, nullable=False),
+    sa.Column("erp_total", Money, nullable=False),
+    sa.Column("difference", Money, nullable=False),
+    sa.Column("matched", sa.Integer, nullable=False),
+    sa.Column("pending_sync", sa.Integer, nullable=False),
+    *[sa.Column(kind, sa.Integer, nullable=False) for kind in EXCEPTION_KINDS],
+    sa.Column("computed_at", UtcDateTime, nullable=False),
+)

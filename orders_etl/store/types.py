@@ -1,0 +1,87 @@
+"""Column types that keep money exact and time in UTC on both SQLite and PostgreSQL.
+
+PostgreSQL has the real thing: unconstrained ``NUMERIC`` keeps each amount's own scale
+(JPY ``100``, USD ``12.30``, KWD ``1.250``) and ``timestamptz`` is an instant. SQLite has
+neither: its NUMERIC affinity turns ``12.30`` into a binary float, so money is stored as
+the canonical decimal string instead and summed with the ``decimal_sum`` aggregate that
+:mod:`orders_etl.store.engine` registers. Timestamps are stored as fixed-width UTC text
+(``YYYY-MM-DD HH:MM:SS.ffffff``), which sorts chronologically as plain text.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+SQLITE_DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def sqlite_datetime(value: datetime | None) -> str | None:
+    """The text SQLite stores for ``value`` (UTC, fixed width, so text order = time order)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r} reached the store")
+    return value.astimezone(UTC).strftime(SQLITE_DATETIME_FORMAT)
+
+
+def sqlite_money(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+class Money(TypeDecorator[Decimal]):
+    """Exact decimal amount: NUMERIC on PostgreSQL, canonical decimal text on SQLite."""
+
+    impl = sa.Numeric
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sa.Text())
+        return dialect.type_descriptor(sa.Numeric(asdecimal=True))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, float):
+            raise TypeError("money must be Decimal, not float")
+        value = Decimal(value)
+        return str(value) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        return None if value is None else Decimal(value)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetime: timestamptz on PostgreSQL, fixed-width UTC text on SQLite."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sa.Text())
+        return dialect.type_descriptor(sa.DateTime(timezone=True))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            raise TypeError(f"expected datetime, got {type(value).__name__}")
+        if dialect.name == "sqlite":
+            return sqlite_datetime(value)
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} reached the store")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return datetime.strptime(value, SQLITE_DATETIME_FORMAT).replace(tzinfo=UTC)
+        return value.astimezone(UTC)

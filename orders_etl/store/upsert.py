@@ -1,0 +1,338 @@
+"""Guarded bulk upsert of normalized orders into ``source_orders`` and the golden ``orders``.
+
+Each chunk is one transaction, so an order is either fully written (its source row and its
+golden row) or not at all, and a failed batch can simply be re-run. Within a chunk:
+
+1. **Dedupe in Python**: one version per ``external_id``, the newest ``updated_at``; a tie
+   goes to the larger ``content_hash`` (a hash of the normalized fields), so the winner
+   does not depend on arrival order, batching or which writer came first.
+2. **Stage**: the chunk goes into a temporary table in one bulk write (SQLite: one
+   ``executemany``; PostgreSQL: ``COPY``), sorted by key.
+3. **Classify** each staged row against the stored version (insert / update / unchanged /
+   stale) with one set-based UPDATE, and count.
+4. **Write** only inserts and updates with one ``INSERT … SELECT … ON CONFLICT DO UPDATE``
+   whose ``WHERE`` repeats the newest-wins guard, so an older version can never overwrite a
+   newer one, whoever runs concurrently. Unchanged orders are not rewritten.
+5. **Merge the golden record** for the changed keys in one grouped ``INSERT … SELECT``:
+   the origin source (first in :class:`~orders_etl.model.Source` order that holds the
+   order) wins every field, later sources only fill its nulls, and the origin system's own
+   identifiers (``number``, ``customer_id``) are never taken from another source. ``id`` is
+   minted on first insert only (``ON CONFLICT`` never touches it), so it is stable across
+   re-runs and concurrent writers; a golden row is rewritten only when a value changed.
+
+Concurrency: SQLite transactions start with ``BEGIN IMMEDIATE`` (see ``engine.py``), and on
+PostgreSQL each chunk takes a transaction-scoped advisory lock before classifying, so
+writers are serialized per chunk: no lost update, and no deadlock between overlapping
+batches. Staging (the expensive COPY) happens before the lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from ulid import ULID
+
+from orders_etl.model import ORDER_ID_PREFIX, OrderRecord, Source
+from orders_etl.store.schema import DATETIME_FIELDS, MONEY_FIELDS, ORDER_FIELDS
+from orders_etl.store.types import UtcDateTime, sqlite_datetime
+
+DEFAULT_CHUNK_SIZE = 50_000
+_PG_WRITE_LOCK = 7_310_452_002
+# Fields only the origin system may fill: another system's number is not this order's number.
+ORIGIN_ONLY_FIELDS = frozenset({"number", "customer_id"})
+_STAGED = ("external_id", *ORDER_FIELDS, "content_hash", "candidate_id")
+
+
+@dataclass
+class UpsertCounts:
+    """What one upsert did to ``source_orders`` (stale: older than a version already seen)."""
+
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    stale: int = 0
+
+    def __add__(self, other: UpsertCounts) -> UpsertCounts:
+        return UpsertCounts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    @property
+    def total(self) -> int:
+        return self.inserted + self.updated + self.unchanged + self.stale
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def mint_order_id() -> str:
+    return ORDER_ID_PREFIX + str(ULID())
+
+
+# ---------------------------------------------------------------------------------------
+# Python side: canonical values, hash, dedupe
+
+
+def _canonical(record: OrderRecord) -> tuple[Any, ...]:
+    """The record's field values in ``ORDER_FIELDS`` order (enums as their values)."""
+    values = []
+    for name in ORDER_FIELDS:
+        value = getattr(record, name)
+        if value is not None and hasattr(value, "value"):
+            value = value.value
+        values.append(value)
+    return tuple(values)
+
+
+def content_hash(external_id: str, values: tuple[Any, ...]) -> str:
+    text_values = (
+        external_id,
+        *(
+            None if v is None else sqlite_datetime(v) if isinstance(v, datetime) else str(v)
+            for v in values
+        ),
+    )
+    return hashlib.blake2b(repr(text_values).encode(), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class _Staged:
+    external_id: str
+    values: tuple[Any, ...]
+    updated_at: datetime
+    content_hash: str
+
+
+def dedupe(records: Iterable[OrderRecord]) -> tuple[list[_Staged], int]:
+    """Newest version per key (ties: larger content hash), sorted by key; and how many lost."""
+    best: dict[str, _Staged] = {}
+    seen = 0
+    for record in records:
+        seen += 1
+        values = _canonical(record)
+        staged = _Staged(record.external_id, values, record.updated_at, content_hash(record.external_id, values))
+        current = best.get(staged.external_id)
+        if current is None or (staged.updated_at, staged.content_hash) > (
+            current.updated_at,
+            current.content_hash,
+        ):
+            best[staged.external_id] = staged
+    winners = sorted(best.values(), key=lambda s: s.external_id)
+    return winners, seen - len(winners)
+
+
+# ---------------------------------------------------------------------------------------
+# SQL side
+
+
+def _sqlite_row(staged: _Staged) -> tuple[Any, ...]:
+    row: list[Any] = [staged.external_id]
+    for name, value in zip(ORDER_FIELDS, staged.values, strict=True):
+        if value is None:
+            row.append(None)
+        elif name in DATETIME_FIELDS:
+            row.append(sqlite_datetime(value))
+        elif name in MONEY_FIELDS:
+            row.append(str(value))
+        else:
+            row.append(value)
+    row.append(staged.content_hash)
+    row.append(mint_order_id())
+    return tuple(row)
+
+
+def _pg_row(staged: _Staged) -> tuple[Any, ...]:
+    return (staged.external_id, *staged.values, staged.content_hash, mint_order_id())
+
+
+def _column_type(name: str, dialect: str) -> str:
+    if name in MONEY_FIELDS:
+        return "TEXT" if dialect == "sqlite" else "NUMERIC"
+    if name in DATETIME_FIELDS:
+        return "TEXT" if dialect == "sqlite" else "TIMESTAMPTZ"
+    return "TEXT"
+
+
+def _create_staging(conn: Connection) -> None:
+    dialect = conn.dialect.name
+    columns = ", ".join(
+        f"{name} {_column_type(name, dialect)}" + (" PRIMARY KEY" if name == "external_id" else "")
+        for name in _STAGED
+    )
+    columns += ", action TEXT NOT NULL DEFAULT 'insert'"
+    if dialect == "sqlite":
+        conn.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS staging_orders ({columns})")
+        conn.exec_driver_sql("DELETE FROM staging_orders")
+    else:
+        conn.exec_driver_sql(
+            f"CREATE TEMP TABLE IF NOT EXISTS staging_orders ({columns}) ON COMMIT DELETE ROWS"
+        )
+
+
+def _fill_staging(conn: Connection, rows: list[_Staged]) -> None:
+    names = ", ".join(_STAGED)
+    driver = conn.connection.driver_connection
+    if conn.dialect.name == "sqlite":
+        placeholders = ", ".join("?" for _ in _STAGED)
+        driver.executemany(  # type: ignore[union-attr]
+            f"INSERT INTO staging_orders ({names}) VALUES ({placeholders})", map(_sqlite_row, rows)
+        )
+    else:
+        with driver.cursor() as cursor, cursor.copy(  # type: ignore[union-attr]
+            f"COPY staging_orders ({names}) FROM STDIN"
+        ) as copy:
+            for staged in rows:
+                copy.write_row(_pg_row(staged))
+
+
+def _newer(new: str, old: str) -> str:
+    """SQL: row ``new`` beats stored row ``old`` (newest updated_at, then larger hash)."""
+    return (
+        f"({new}.updated_at > {old}.updated_at OR "
+        f"({new}.updated_at = {old}.updated_at AND {new}.content_hash > {old}.content_hash))"
+    )
+
+
+def _classify(conn: Connection, source: str) -> dict[str, int]:
+    conn.execute(
+        sa.text(
+            "UPDATE staging_orders SET action = CASE "
+            "WHEN so.content_hash = staging_orders.content_hash THEN 'unchanged' "
+            f"WHEN {_newer('staging_orders', 'so')} THEN 'update' "
+            "ELSE 'stale' END "
+            "FROM source_orders AS so "
+            "WHERE so.source = :source AND so.external_id = staging_orders.external_id"
+        ),
+        {"source": source},
+    )
+    result = conn.execute(sa.text("SELECT action, COUNT(*) FROM staging_orders GROUP BY action"))
+    return {action: count for action, count in result}
+
+
+def _write_source_rows(conn: Connection, source: str, synced_at: datetime) -> None:
+    columns = ("external_id", *ORDER_FIELDS, "content_hash")
+    assignments = ", ".join(f"{c} = excluded.{c}" for c in (*ORDER_FIELDS, "content_hash", "synced_at"))
+    conn.execute(
+        sa.text(
+            f"INSERT INTO source_orders (source, {', '.join(columns)}, synced_at) "
+            f"SELECT :source, {', '.join(columns)}, :synced_at FROM staging_orders "
+            "WHERE action IN ('insert', 'update') ORDER BY external_id "
+            f"ON CONFLICT (source, external_id) DO UPDATE SET {assignments} "
+            f"WHERE {_newer('excluded', 'source_orders')}"
+        ).bindparams(sa.bindparam("synced_at", type_=UtcDateTime())),
+        {"source": source, "synced_at": synced_at},
+    )
+
+
+def _golden_select() -> str:
+    """SELECT of the merged golden row for every key staged as insert or update."""
+    sources = [s.value for s in Source]
+
+    def per_source(field: str, source: str) -> str:
+        return f"MAX(CASE WHEN so.source = '{source}' THEN so.{field} END)"
+
+    origin = "CASE " + " ".join(
+        f"WHEN COUNT(CASE WHEN so.source = '{s}' THEN 1 END) > 0 THEN '{s}'" for s in sources
+    ) + " END"
+    expressions = []
+    for field in ORDER_FIELDS:
+        if field in ORIGIN_ONLY_FIELDS:
+            branches = " ".join(
+                f"WHEN COUNT(CASE WHEN so.source = '{s}' THEN 1 END) > 0 THEN {per_source(field, s)}"
+                for s in sources
+            )
+            expressions.append(f"CASE {branches} END AS {field}")
+        else:
+            coalesce = ", ".join(per_source(field, s) for s in sources)
+            expressions.append(f"COALESCE({coalesce}) AS {field}")
+    return (
+        f"SELECT so.external_id AS external_id, {', '.join(expressions)}, {origin} AS origin "
+        "FROM source_orders AS so "
+        "WHERE so.external_id IN (SELECT external_id FROM staging_orders WHERE action IN ('insert', 'update')) "
+        "GROUP BY so.external_id"
+    )
+
+
+def _merge_golden(conn: Connection, synced_at: datetime) -> int:
+    distinct = "IS NOT" if conn.dialect.name == "sqlite" else "IS DISTINCT FROM"
+    compared = (*ORDER_FIELDS, "origin")
+    changed = " OR ".join(f"orders.{c} {distinct} excluded.{c}" for c in compared)
+    assignments = ", ".join(f"{c} = excluded.{c}" for c in (*compared, "synced_at"))
+    names = ", ".join(compared)
+    result = conn.execute(
+        sa.text(
+            f"INSERT INTO orders (id, external_id, {names}, synced_at) "
+            f"SELECT st.candidate_id, g.external_id, {', '.join('g.' + c for c in compared)}, :synced_at "
+            f"FROM ({_golden_select()}) AS g JOIN staging_orders AS st ON st.external_id = g.external_id "
+            "ORDER BY g.external_id "
+            f"ON CONFLICT (external_id) DO UPDATE SET {assignments} WHERE {changed}"
+        ).bindparams(sa.bindparam("synced_at", type_=UtcDateTime())),
+        {"synced_at": synced_at},
+    )
+    return result.rowcount
+
+
+def _lock_writers(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_WRITE_LOCK})
+
+
+def upsert_chunk(conn: Connection, source: str, records: Iterable[OrderRecord]) -> UpsertCounts:
+    """Upsert one chunk inside the caller's transaction (see the module docstring)."""
+    rows, duplicates = dedupe(records)
+    counts = UpsertCounts(stale=duplicates)
+    if not rows:
+        return counts
+    synced_at = datetime.now(UTC)
+    _create_staging(conn)
+    _fill_staging(conn, rows)
+    _lock_writers(conn)
+    actions = _classify(conn, source)
+    counts += UpsertCounts(
+        inserted=actions.get("insert", 0),
+        updated=actions.get("update", 0),
+        unchanged=actions.get("unchanged", 0),
+        stale=actions.get("stale", 0),
+    )
+    if counts.inserted or counts.updated:
+        _write_source_rows(conn, source, synced_at)
+        _merge_golden(conn, synced_at)
+    return counts
+
+
+def chunked(records: Iterable[OrderRecord], size: int = DEFAULT_CHUNK_SIZE) -> Iterator[list[OrderRecord]]:
+    chunk: list[OrderRecord] = []
+    for record in records:
+        chunk.append(record)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def upsert_orders(
+    engine: Engine,
+    source: str | Source,
+    chunks: Iterable[Sequence[OrderRecord]],
+    *,
+    on_chunk: Callable[[int, UpsertCounts], None] | None = None,
+) -> UpsertCounts:
+    """Upsert a stream of chunks, one transaction per chunk; returns the summed counts.
+
+    ``on_chunk(index, counts)`` is called after each committed chunk (progress logging).
+    Memory is bounded by the chunk size, whatever the length of the stream.
+    """
+    source = Source(source).value
+    total = UpsertCounts()
+    for index, chunk in enumerate(chunks):
+        with engine.begin() as conn:
+            counts = upsert_chunk(conn, source, chunk)
+        total += counts
+        if on_chunk is not None:
+            on_chunk(index, counts)
+    return total

@@ -1,0 +1,78 @@
+"""What every source provides: raw records out of the source, then normalized Orders.
+
+A source module offers two plain-Python parts that the Dagster assets (and tests) call:
+
+* a **reader** with ``fetch(start, end, log)`` yielding :class:`~orders_etl.store.RawRecord`
+  for orders updated in the half-open window ``[start, end)`` (``None`` = unbounded). The
+  real reader calls the API; the file-backed one reads an export. A reader raises
+  :class:`SourceError` (naming the source and the cause, never a secret) when it cannot
+  deliver the whole window: a partial window is never reported as complete.
+* a **normalizer** turning landed payloads into :data:`Normalized` items: an
+  ``OrderRecord``, a :class:`~orders_etl.model.Reject` (kept in ``order_rejects`` with its
+  reason) or a :class:`Skipped` (deliberately not stored, e.g. Shopify test orders; counted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from orders_etl.model import OrderRecord, Reject
+
+# A progress callback: one human-readable line per page or chunk, with counts.
+Log = Callable[[str], None]
+# Resolves Shopify order names (e.g. "#1001") to Shopify external ids; unknown names are absent.
+NameResolver = Callable[[Iterable[str]], dict[str, str]]
+
+
+def no_log(_message: str) -> None:
+    return None
+
+
+class SourceError(RuntimeError):
+    """A source could not deliver: the message names the source and an actionable cause."""
+
+    def __init__(self, source: str, cause: str) -> None:
+        self.source = source
+        self.cause = cause
+        super().__init__(f"{source}: {cause}")
+
+
+class CredentialRejected(SourceError):
+    """HTTP 401/403: says which credential was refused and how to fix it (never its value)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    record_key: str
+    reason: str
+
+
+Normalized = OrderRecord | Reject | Skipped
+
+
+@dataclass
+class NormalizedBatch:
+    orders: list[OrderRecord] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    skipped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.orders) + len(self.rejects) + self.skipped
+
+
+def batches(items: Iterable[Normalized], size: int = 50_000) -> Iterator[NormalizedBatch]:
+    """Group a normalizer's output into batches of about ``size`` items (bounded memory)."""
+    batch = NormalizedBatch()
+    for item in items:
+        if isinstance(item, OrderRecord):
+            batch.orders.append(item)
+        elif isinstance(item, Reject):
+            batch.rejects.append(item)
+        else:
+            batch.skipped += 1
+        if len(batch) >= size:
+            yield batch
+            batch = NormalizedBatch()
+    if len(batch):
+        yield batch

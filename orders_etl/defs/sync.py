@@ -1,0 +1,321 @@
+"""The steps every source's assets share: land a window, normalize it, move the cursor.
+
+Assets are thin: they pick the source and the resources, then call these. Everything here
+is range-aware (a run may cover one day or a whole backfill range) and idempotent (a window
+can be synced again at any time: raw payloads land once, the upsert keeps the newest).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import dagster as dg
+import sqlalchemy as sa
+
+from orders_etl.model import OrderRecord, Reject, Source
+from orders_etl.sources.base import Log, Normalized, SourceError, batches
+from orders_etl.store import LandedRecord, OrderStore, RawRecord, UpsertCounts
+from orders_etl.store.schema import order_rejects, raw_orders, source_orders
+
+OWNERS = ["team:data-engineering"]
+# Transient faults (a dropped database connection, a lock timeout, a worker lost) are worth
+# another try after a pause. A SourceError is not retried here: the reader has already
+# retried with backoff and honoured the source's rate limits, so the step fails at once
+# and the next scheduled sync starts again from the unchanged cursor.
+TRANSIENT_RETRY = dg.RetryPolicy(
+    max_retries=3, delay=15, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
+# Orders per normalize/upsert batch: bounds memory, one transaction per chunk.
+NORMALIZE_BATCH = 20_000
+PREVIEW_ROWS = 10
+
+
+class Reader(Protocol):
+    def fetch(self, start: datetime | None, end: datetime | None, log: Log) -> Iterator[RawRecord]: ...
+
+
+class ShopifyReader(Reader, Protocol):
+    def deleted(
+        self, start: datetime | None, end: datetime | None, log: Log
+    ) -> Iterator[tuple[str, datetime]]: ...
+
+
+def source_failure(exc: SourceError) -> dg.Failure:
+    """A source that cannot deliver fails the step with ``<source>: <cause>``, not retried."""
+    return dg.Failure(
+        description=str(exc),
+        metadata={"source": exc.source, "cause": exc.cause},
+        allow_retries=False,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Windows
+
+
+@dataclass(frozen=True)
+class SyncWindow:
+    """The partitions a run covers, widened by the overlap on both sides."""
+
+    partitions_start: datetime
+    partitions_end: datetime
+    overlap: timedelta
+
+    @property
+    def start(self) -> datetime:
+        return self.partitions_start - self.overlap
+
+    @property
+    def end(self) -> datetime:
+        return self.partitions_end + self.overlap
+
+    def slices(self, size: timedelta = timedelta(days=1)) -> Iterator[tuple[datetime, datetime]]:
+        """``[start, end)`` cut into consecutive slices of at most ``size``, oldest first."""
+        cursor = self.start
+        while cursor < self.end:
+            upper = min(cursor + size, self.end)
+            yield cursor, upper
+            cursor = upper
+
+    def describe(self) -> str:
+        return f"{self.start.isoformat()} .. {self.end.isoformat()}"
+
+
+def sync_window(context: dg.AssetExecutionContext, overlap_minutes: int) -> SyncWindow:
+    window = context.partition_time_window
+    return SyncWindow(
+        window.start.astimezone(UTC), window.end.astimezone(UTC), timedelta(minutes=overlap_minutes)
+    )
+
+
+def run_created_at(context: dg.AssetExecutionContext) -> datetime:
+    """When this run was created: everything updated before it was visible to our fetch."""
+    record = context.instance.get_run_record_by_id(context.run.run_id)
+    if record is None:  # direct invocation in a test: no run record, use now
+        return datetime.now(UTC)
+    created = record.create_timestamp
+    return created.replace(tzinfo=UTC) if created.tzinfo is None else created.astimezone(UTC)
+
+
+# ---------------------------------------------------------------------------------------
+# Raw landing
+
+
+@dataclass
+class LandOutcome:
+    fetched: int = 0
+    landed: int = 0
+    preview: list[RawRecord] = field(default_factory=list)
+
+
+def land(
+    context: dg.AssetExecutionContext, store: OrderStore, source: Source, reader: Reader, window: SyncWindow
+) -> LandOutcome:
+    """Fetch the window from the source and land every payload in ``raw_orders``."""
+    outcome = LandOutcome()
+
+    def counted(records: Iterable[RawRecord]) -> Iterator[RawRecord]:
+        for record in records:
+            outcome.fetched += 1
+            if len(outcome.preview) < PREVIEW_ROWS:
+                outcome.preview.append(record)
+            yield record
+
+    context.log.info(f"{source}: fetching orders updated in {window.describe()}")
+    try:
+        outcome.landed = store.land_raw(
+            source,
+            counted(reader.fetch(window.start, window.end, context.log.info)),
+            run_id=context.run.run_id,
+        )
+    except SourceError as exc:
+        raise source_failure(exc) from exc
+    context.log.info(f"{source}: fetched {outcome.fetched} records, {outcome.landed} new payloads landed")
+    return outcome
+
+
+def raw_result(
+    store: OrderStore, source: Source, window: SyncWindow, outcome: LandOutcome, label: str
+) -> dg.MaterializeResult:
+    rows = [
+        {"record_key": r.record_key, "updated_at": r.updated_at.isoformat() if r.updated_at else ""}
+        for r in outcome.preview
+    ]
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": count_rows(store, raw_orders, raw_orders.c.source == source.value),
+            "fetched": outcome.fetched,
+            "landed": outcome.landed,
+            "window": window.describe(),
+            "source": label,
+            "store": store.masked_url,
+            "preview": dg.MetadataValue.md(markdown_table(["record_key", "updated_at"], rows)),
+        }
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Normalizing
+
+
+@dataclass
+class NormalizeOutcome:
+    counts: UpsertCounts = field(default_factory=UpsertCounts)
+    rejected: int = 0
+    skipped: int = 0
+    deleted: int = 0
+    preview: list[OrderRecord] = field(default_factory=list)
+    reject_preview: list[Reject] = field(default_factory=list)
+
+    def add_rejects(self, rejects: Sequence[Reject]) -> None:
+        self.rejected += len(rejects)
+        room = PREVIEW_ROWS - len(self.reject_preview)
+        self.reject_preview.extend(rejects[:room])
+
+
+def landed_records(store: OrderStore, source: Source, start: datetime, end: datetime) -> list[LandedRecord]:
+    """Every landed version in ``[start, end)``, read completely before anything is written.
+
+    (A SQLite read cursor held open would keep the write lock that the upsert needs.)
+    """
+    return [record for chunk in store.iter_raw(source, start, end) for record in chunk]
+
+
+def normalize_window(
+    context: dg.AssetExecutionContext,
+    store: OrderStore,
+    source: Source,
+    window: SyncWindow,
+    normalize: Callable[[list[LandedRecord]], Iterable[Normalized]],
+) -> NormalizeOutcome:
+    """Normalize the window's landed payloads day by day; upsert orders, quarantine rejects."""
+    outcome = NormalizeOutcome()
+    run_id = context.run.run_id
+    for start, end in window.slices():
+        records = landed_records(store, source, start, end)
+        if not records:
+            continue
+        for batch in batches(normalize(records), NORMALIZE_BATCH):
+            if batch.rejects:
+                store.record_rejects(batch.rejects, run_id=run_id)
+                outcome.add_rejects(batch.rejects)
+            counts = store.upsert(source, batch.orders) if batch.orders else UpsertCounts()
+            outcome.counts += counts
+            outcome.skipped += batch.skipped
+            outcome.preview.extend(batch.orders[: PREVIEW_ROWS - len(outcome.preview)])
+            context.log.info(
+                f"{source}: {start:%Y-%m-%d %H:%M}..{end:%Y-%m-%d %H:%M}: {len(records)} landed versions -> "
+                f"{len(batch.orders)} orders ({_describe_counts(counts)}), "
+                f"{len(batch.rejects)} rejected, {batch.skipped} skipped"
+            )
+    return outcome
+
+
+def mark_deleted(
+    context: dg.AssetExecutionContext,
+    store: OrderStore,
+    source: Source,
+    reader: ShopifyReader,
+    window: SyncWindow,
+) -> int:
+    """Keep orders deleted at the source, with ``deleted_at`` set; returns versions written."""
+    try:
+        deleted = dict(reader.deleted(window.start, window.end, context.log.info))
+    except SourceError as exc:
+        raise source_failure(exc) from exc
+    counts = store.mark_deleted(source, deleted)
+    context.log.info(
+        f"{source}: {len(deleted)} deletions reported, {counts.inserted + counts.updated} marked"
+    )
+    return counts.inserted + counts.updated
+
+
+def advance_cursor(
+    context: dg.AssetExecutionContext, store: OrderStore, source: Source, window: SyncWindow
+) -> datetime | None:
+    """Move ``sync_state`` to the end of what this run covered, once everything is committed.
+
+    The mark only ever covers time synced without a gap: it moves when this window starts
+    at or before the current mark (or at the first partition, on a first sync). A backfill
+    of some later days leaves it where it is, so "since the last sync" never skips a day.
+    The mark is capped at the run's creation: updates after that may not have been visible.
+    """
+    current = store.high_water_mark(source)
+    first_partition = context.assets_def.partitions_def.start.astimezone(UTC)  # type: ignore[union-attr]
+    contiguous = window.start <= current if current is not None else window.start <= first_partition
+    if not contiguous:
+        context.log.info(
+            f"{source}: high-water mark stays at {current or 'unset'}: this window starts later "
+            "(sync the gap to move it)"
+        )
+        return current
+    mark = min(window.end, run_created_at(context))
+    new = store.advance_high_water_mark(source, mark, run_id=context.run.run_id)
+    context.log.info(f"{source}: high-water mark {current or 'unset'} -> {new}")
+    return new
+
+
+def normalized_result(
+    store: OrderStore, source: Source, window: SyncWindow, outcome: NormalizeOutcome, mark: datetime | None
+) -> dg.MaterializeResult:
+    orders_preview = [
+        {
+            "external_id": o.external_id,
+            "number": o.number,
+            "status": o.status.value,
+            "payment_status": o.payment_status.value if o.payment_status else "",
+            "total": f"{o.total_amount} {o.currency}",
+            "updated_at": o.updated_at.isoformat(),
+        }
+        for o in outcome.preview
+    ]
+    rejects_preview = [{"record_key": r.record_key, "reason": r.reason} for r in outcome.reject_preview]
+    preview = markdown_table(list(orders_preview[0]) if orders_preview else ["external_id"], orders_preview)
+    if rejects_preview:
+        preview += "\n\n**Rejected**\n\n" + markdown_table(["record_key", "reason"], rejects_preview)
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": count_rows(store, source_orders, source_orders.c.source == source.value),
+            **outcome.counts.as_dict(),
+            "rejected": outcome.rejected,
+            "skipped": outcome.skipped,
+            "deleted": outcome.deleted,
+            "rejects_total": count_rows(store, order_rejects, order_rejects.c.source == source.value),
+            "high_water_mark": mark.isoformat() if mark else "unset",
+            "window": window.describe(),
+            "store": store.masked_url,
+            "preview": dg.MetadataValue.md(preview),
+        }
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Small helpers
+
+
+def count_rows(store: OrderStore, table: sa.Table, where: sa.ColumnElement[bool] | None = None) -> int:
+    query = sa.select(sa.func.count()).select_from(table)
+    if where is not None:
+        query = query.where(where)
+    with store.engine.connect() as conn:
+        return conn.execute(query).scalar_one()
+
+
+def _describe_counts(counts: UpsertCounts) -> str:
+    return ", ".join(f"{name} {value}" for name, value in counts.as_dict().items())
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
+    """A small GitHub-flavoured markdown table (the UI renders it in the metadata panel)."""
+    if not rows:
+        return "_no rows_"
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)

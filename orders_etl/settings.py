@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache
 from datetime import date, timedelta
+from functools import cache
 from pathlib import Path
 
 from dotenv import load_dotenv

@@ -19,7 +19,8 @@ SYNC_JOB = "sync_orders"
 sync_orders = dg.define_asset_job(
     SYNC_JOB,
     selection=dg.AssetSelection.all(),
-    description="Pull every source for the partition's day(s), normalize, merge the golden record, reconcile.",
+    description="Pull every source for the partition's day(s), normalize, merge the golden record, "
+    "reconcile.",
 )
 
 

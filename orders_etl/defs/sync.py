@@ -150,7 +150,8 @@ def raw_result(
             "fetched": outcome.fetched,
             "landed": outcome.landed,
             "window": window.describe(),
-            "source": label,
+            "source": source.value,
+            "reads": label,
             "store": store.masked_url,
             "preview": dg.MetadataValue.md(markdown_table(["record_key", "updated_at"], rows)),
         }
@@ -285,6 +286,7 @@ def normalized_result(
             "deleted": outcome.deleted,
             "rejects_total": count_rows(store, order_rejects, order_rejects.c.source == source.value),
             "high_water_mark": mark.isoformat() if mark else "unset",
+            "source": source.value,
             "window": window.describe(),
             "store": store.masked_url,
             "preview": dg.MetadataValue.md(preview),

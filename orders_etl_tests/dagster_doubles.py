@@ -18,6 +18,7 @@ import types
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -373,3 +374,16 @@ def write_march(path: Path) -> Path:
         ],
         shopify_deleted=[("1002", "2026-03-03T12:00:00+00:00")],
     )
+
+
+def assert_march_synced(store: Any) -> None:
+    """The store after the March range is synced, however the run was launched."""
+    shopify = store.read_table("source_orders").query("source == 'shopify'").set_index("external_id")
+    assert sorted(shopify.index) == ["1001", "1002"], shopify.index  # 1003 skipped, 1004 rejected
+    assert shopify.loc["1001", "total_amount"] == Decimal("12.00")  # the newest version won
+    assert shopify.loc["1002", "deleted_at"] == datetime(2026, 3, 3, 12, tzinfo=UTC)
+    golden = store.read_table("orders").set_index("external_id")
+    assert sorted(golden.index) == ["1001", "1002", "SO-2"], golden.index  # SO-1 is order 1001
+    assert golden.index.is_unique
+    assert golden.loc["1001", "origin"] == "shopify" and golden.loc["SO-2", "origin"] == "erp_files"
+    assert store.read_table("order_rejects")["record_key"].tolist() == ["1004"]

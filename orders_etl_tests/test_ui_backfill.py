@@ -1,0 +1,293 @@
+"""The UI path: ``dagster dev`` serves the project, and a backfill launched the way the UI
+launches it (GraphQL ``launchPartitionBackfill``) runs through the daemon into the store.
+
+The test starts ``dagster dev`` (webserver, daemon, code server) in a process group of its
+own with a temporary ``DAGSTER_HOME``, on 127.0.0.1 and a free port, and stops exactly that
+group at the end, checking that none of its processes survives. The backfill daemon works
+in 30-second ticks, so this takes a minute or two; timeouts are generous for a busy 2-core CI.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from orders_etl.store import OrderStore
+from orders_etl_tests import dagster_doubles as doubles
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+DAGSTER = Path(sys.executable).with_name("dagster")
+STARTUP_TIMEOUT = 240
+BACKFILL_TIMEOUT = 480
+ASSETS = [
+    ["shopify", "raw_orders"],
+    ["shopify", "source_orders"],
+    ["erp", "raw_orders"],
+    ["erp", "source_orders"],
+    ["orders"],
+    ["reconciliation"],
+]
+CHECKS = {
+    "one_row_per_external_id",
+    "money_sane",
+    "currency_iso_4217",
+    "reject_rate_under_threshold",
+    "sync_is_fresh",
+    "no_old_open_exceptions",
+}
+
+WORKSPACE_QUERY = """
+{
+  workspaceOrError {
+    __typename
+    ... on Workspace {
+      locationEntries {
+        name
+        loadStatus
+        locationOrLoadError {
+          __typename
+          ... on PythonError { message }
+          ... on RepositoryLocation {
+            repositories {
+              jobs { name }
+              schedules { name cronSchedule scheduleState { status } }
+              assetNodes {
+                assetKey { path }
+                description
+                kinds
+                partitionDefinition { description }
+                assetChecksOrError { ... on AssetChecks { checks { name } } }
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+"""
+
+LAUNCH_BACKFILL = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message stack }
+    ... on Error { message }
+  }
+}
+"""
+
+BACKFILL_STATUS = """
+query Status($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill { status numPartitions error { message } }
+    ... on PythonError { message }
+  }
+}
+"""
+
+RUNS = """
+{ runsOrError { ... on Runs { results { runId status tags { key value } } } } }
+"""
+
+
+# ##### FIXTURES
+
+
+@dataclass
+class DagsterDev:
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+    def graphql(self, query: str, variables: dict | None = None) -> dict:
+        response = httpx.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=60)
+        response.raise_for_status()
+        body = response.json()
+        assert "errors" not in body, body["errors"]
+        return body["data"]
+
+    def fail(self, message: str) -> None:
+        tail = self.log.read_text(errors="replace")[-4000:]
+        pytest.fail(f"{message}\n--- dagster dev output (tail) ---\n{tail}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM the group we started, then SIGKILL what is left; every member must be gone."""
+    try:
+        members = [process.pid, *(p.pid for p in psutil.Process(process.pid).children(recursive=True))]
+    except psutil.NoSuchProcess:
+        members = [process.pid]
+    for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and _alive(members):
+            time.sleep(0.5)
+        if not _alive(members):
+            break
+    process.wait(timeout=10)
+    assert not _alive(members), f"processes left running: {_alive(members)}"
+
+
+def _alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+@pytest.fixture
+def dagster_dev(tmp_path: Path) -> Iterator[tuple[DagsterDev, OrderStore]]:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    # Dequeue runs every second instead of every five: the test waits less, nothing else changes.
+    (home / "dagster.yaml").write_text(
+        "run_coordinator:\n"
+        "  module: dagster._core.run_coordinator\n"
+        "  class: QueuedRunCoordinator\n"
+        "  config:\n"
+        "    dequeue_interval_seconds: 1\n"
+        "telemetry:\n"
+        "  enabled: false\n"
+    )
+    workspace = tmp_path / "workspace.yaml"
+    workspace.write_text(
+        "load_from:\n"
+        "  - python_module:\n"
+        "      module_name: orders_etl_tests.dagster_doubles\n"
+        f"      working_directory: {ROOT}\n"
+        "      location_name: orders_etl\n"
+    )
+    store_url = f"sqlite:///{tmp_path / 'orders.db'}"
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "ORDERS_ETL_DATABASE_URL": store_url,
+        doubles.DATA_ENV: str(doubles.write_march(tmp_path / "sources.json")),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    port = free_port()
+    log = tmp_path / "dagster_dev.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [str(DAGSTER), "dev", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)],
+            cwd=tmp_path,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: we stop exactly that group
+        )
+    dev = DagsterDev(f"http://127.0.0.1:{port}", process, log)
+    store = OrderStore.from_url(store_url)
+    try:
+        yield dev, store
+    finally:
+        store.dispose()
+        stop_group(process)
+
+
+def wait_until_loaded(dev: DagsterDev) -> dict:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if dev.process.poll() is not None:
+            dev.fail(f"dagster dev exited with {dev.process.returncode}")
+        try:
+            data = dev.graphql(WORKSPACE_QUERY)
+        except httpx.HTTPError:
+            time.sleep(1)
+            continue
+        entries = data["workspaceOrError"].get("locationEntries") or []
+        if entries and entries[0]["loadStatus"] == "LOADED" and entries[0]["locationOrLoadError"]:
+            return entries[0]
+        time.sleep(1)
+    dev.fail("the code location did not load in time")
+    raise AssertionError  # unreachable: fail() raises
+
+
+def wait_for_backfill(dev: DagsterDev, backfill_id: str) -> dict:
+    deadline = time.monotonic() + BACKFILL_TIMEOUT
+    while time.monotonic() < deadline:
+        backfill = dev.graphql(BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+        if backfill.get("status") in ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"):
+            return backfill
+        time.sleep(2)
+    dev.fail(f"backfill {backfill_id} did not finish in {BACKFILL_TIMEOUT}s")
+    raise AssertionError
+
+
+# ##### TESTS
+
+
+@pytest.mark.timeout(900)
+def test_dagster_dev_serves_the_project_and_runs_a_ui_backfill(dagster_dev):
+    dev, store = dagster_dev
+    location = wait_until_loaded(dev)
+    assert location["name"] == "orders_etl"
+    assert location["locationOrLoadError"]["__typename"] == "RepositoryLocation", location
+    repository = location["locationOrLoadError"]["repositories"][0]
+
+    nodes = {tuple(node["assetKey"]["path"]): node for node in repository["assetNodes"]}
+    assert set(nodes) == {tuple(key) for key in ASSETS}
+    for key, node in nodes.items():
+        assert node["description"] and node["kinds"], key
+    for key in ASSETS[:-1]:  # all but reconciliation are daily-partitioned
+        assert "Daily" in nodes[tuple(key)]["partitionDefinition"]["description"]
+    assert nodes[("reconciliation",)]["partitionDefinition"] is None
+    checks = {c["name"] for node in nodes.values() for c in node["assetChecksOrError"].get("checks", [])}
+    assert checks == CHECKS
+    assert "sync_orders" in {job["name"] for job in repository["jobs"]}
+    schedules = {s["name"]: s for s in repository["schedules"]}
+    assert set(schedules) == {"sync_orders_current_day", "resync_previous_day"}
+    assert schedules["sync_orders_current_day"]["cronSchedule"] == "5 * * * *"
+
+    partitions = ["2026-03-01", "2026-03-02", "2026-03-03"]
+    launched = dev.graphql(
+        LAUNCH_BACKFILL,
+        {
+            "params": {
+                "partitionNames": partitions,
+                "assetSelection": [{"path": key} for key in ASSETS],
+                "fromFailure": False,
+            }
+        },
+    )["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    backfill = wait_for_backfill(dev, launched["backfillId"])
+    if backfill["status"] not in ("COMPLETED", "COMPLETED_SUCCESS"):
+        dev.fail(f"backfill ended {backfill}")
+
+    runs = dev.graphql(RUNS)["runsOrError"]["results"]
+    assert runs and all(run["status"] == "SUCCESS" for run in runs), runs
+    # Single-run backfill policy: the three days ran as one range run (and reconciliation once).
+    ranged = [run for run in runs if {"key": "dagster/asset_partition_range_start", "value": "2026-03-01"} in run["tags"]]
+    assert len(ranged) == 1, runs
+    doubles.assert_march_synced(store)
+    assert store.count("reconciliation_exceptions") > 0

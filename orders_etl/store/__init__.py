@@ -115,7 +115,9 @@ class OrderStore:
 
     # -- raw landing, rejects, cursors --------------------------------------------------
 
-    def land_raw(self, source: str | Source, records: Iterable[RawRecord], *, run_id: str | None = None) -> int:
+    def land_raw(
+        self, source: str | Source, records: Iterable[RawRecord], *, run_id: str | None = None
+    ) -> int:
         return landing.land_raw(self.engine, Source(source).value, records, run_id=run_id)
 
     def iter_raw(
@@ -129,7 +131,9 @@ class OrderStore:
     def high_water_mark(self, source: str | Source) -> datetime | None:
         return landing.high_water_mark(self.engine, Source(source).value)
 
-    def advance_high_water_mark(self, source: str | Source, mark: datetime, *, run_id: str | None = None) -> datetime:
+    def advance_high_water_mark(
+        self, source: str | Source, mark: datetime, *, run_id: str | None = None
+    ) -> datetime:
         return landing.advance_high_water_mark(self.engine, Source(source).value, mark, run_id=run_id)
 
     # -- reading ------------------------------------------------------------------------

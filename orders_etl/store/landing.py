@@ -54,7 +54,9 @@ def dump_payload(payload: Any) -> str:
     """Canonical JSON (sorted keys, no spaces): equal payloads give equal text and hash."""
     if isinstance(payload, str):
         return payload
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+    return json.dumps(
+        payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default
+    )
 
 
 def load_payload(text: str) -> Any:
@@ -103,10 +105,12 @@ def land_raw(
                 }
             )
         with engine.begin() as conn:
-            statement = _insert(conn, raw_orders).on_conflict_do_nothing(
-                index_elements=["source", "record_key", "payload_hash"]
+            statement = (
+                _insert(conn, raw_orders)
+                .on_conflict_do_nothing(index_elements=["source", "record_key", "payload_hash"])
+                .returning(raw_orders.c.raw_id)
             )
-            landed += conn.execute(statement, rows).rowcount
+            landed += len(conn.execute(statement, rows).all())
     return landed
 
 
@@ -122,7 +126,9 @@ def iter_raw(
 
     Every landed version is returned (oldest first); the upsert keeps the newest.
     """
-    query = sa.select(raw_orders.c.record_key, raw_orders.c.updated_at, raw_orders.c.payload, raw_orders.c.raw_id)
+    query = sa.select(
+        raw_orders.c.record_key, raw_orders.c.updated_at, raw_orders.c.payload, raw_orders.c.raw_id
+    )
     query = query.where(raw_orders.c.source == source)
     if start is not None:
         query = query.where(raw_orders.c.updated_at >= start)
@@ -132,7 +138,10 @@ def iter_raw(
     with engine.connect() as conn:
         result = conn.execution_options(yield_per=chunk_size).execute(query)
         for partition in result.partitions(chunk_size):
-            yield [LandedRecord(key, updated, load_payload(payload), raw_id) for key, updated, payload, raw_id in partition]
+            yield [
+                LandedRecord(key, updated, load_payload(payload), raw_id)
+                for key, updated, payload, raw_id in partition
+            ]
 
 
 def record_rejects(engine: Engine, rejects: Iterable[Reject], *, run_id: str | None = None) -> int:
@@ -176,7 +185,9 @@ def high_water_mark(engine: Engine, source: str) -> datetime | None:
         ).scalar_one_or_none()
 
 
-def advance_high_water_mark(engine: Engine, source: str, mark: datetime, *, run_id: str | None = None) -> datetime:
+def advance_high_water_mark(
+    engine: Engine, source: str, mark: datetime, *, run_id: str | None = None
+) -> datetime:
     """Move the cursor forward to ``mark`` (never backwards); call only after the data committed."""
     now = datetime.now(UTC)
     with engine.begin() as conn:

@@ -91,10 +91,7 @@ def _canonical(record: OrderRecord) -> tuple[Any, ...]:
 def content_hash(external_id: str, values: tuple[Any, ...]) -> str:
     text_values = (
         external_id,
-        *(
-            None if v is None else sqlite_datetime(v) if isinstance(v, datetime) else str(v)
-            for v in values
-        ),
+        *(None if v is None else sqlite_datetime(v) if isinstance(v, datetime) else str(v) for v in values),
     )
     return hashlib.blake2b(repr(text_values).encode(), digest_size=16).hexdigest()
 
@@ -114,7 +111,9 @@ def dedupe(records: Iterable[OrderRecord]) -> tuple[list[_Staged], int]:
     for record in records:
         seen += 1
         values = _canonical(record)
-        staged = _Staged(record.external_id, values, record.updated_at, content_hash(record.external_id, values))
+        staged = _Staged(
+            record.external_id, values, record.updated_at, content_hash(record.external_id, values)
+        )
         current = best.get(staged.external_id)
         if current is None or (staged.updated_at, staged.content_hash) > (
             current.updated_at,
@@ -182,9 +181,12 @@ def _fill_staging(conn: Connection, rows: list[_Staged]) -> None:
             f"INSERT INTO staging_orders ({names}) VALUES ({placeholders})", map(_sqlite_row, rows)
         )
     else:
-        with driver.cursor() as cursor, cursor.copy(  # type: ignore[union-attr]
-            f"COPY staging_orders ({names}) FROM STDIN"
-        ) as copy:
+        with (
+            driver.cursor() as cursor,
+            cursor.copy(  # type: ignore[union-attr]
+                f"COPY staging_orders ({names}) FROM STDIN"
+            ) as copy,
+        ):
             for staged in rows:
                 copy.write_row(_pg_row(staged))
 
@@ -235,9 +237,11 @@ def _golden_select() -> str:
     def per_source(field: str, source: str) -> str:
         return f"MAX(CASE WHEN so.source = '{source}' THEN so.{field} END)"
 
-    origin = "CASE " + " ".join(
-        f"WHEN COUNT(CASE WHEN so.source = '{s}' THEN 1 END) > 0 THEN '{s}'" for s in sources
-    ) + " END"
+    origin = (
+        "CASE "
+        + " ".join(f"WHEN COUNT(CASE WHEN so.source = '{s}' THEN 1 END) > 0 THEN '{s}'" for s in sources)
+        + " END"
+    )
     expressions = []
     for field in ORDER_FIELDS:
         if field in ORIGIN_ONLY_FIELDS:
@@ -252,7 +256,8 @@ def _golden_select() -> str:
     return (
         f"SELECT so.external_id AS external_id, {', '.join(expressions)}, {origin} AS origin "
         "FROM source_orders AS so "
-        "WHERE so.external_id IN (SELECT external_id FROM staging_orders WHERE action IN ('insert', 'update')) "
+        "WHERE so.external_id IN "
+        "(SELECT external_id FROM staging_orders WHERE action IN ('insert', 'update')) "
         "GROUP BY so.external_id"
     )
 

@@ -29,18 +29,18 @@ batches. Staging (the expensive COPY) happens before the lock.
 from __future__ import annotations
 
 import hashlib
+import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from ulid import ULID
+from ulid_transform import ulid_now
 
 from orders_etl.model import ORDER_ID_PREFIX, OrderRecord, Source
 from orders_etl.store.schema import DATETIME_FIELDS, MONEY_FIELDS, ORDER_FIELDS
-from orders_etl.store.types import UtcDateTime, sqlite_datetime
+from orders_etl.store.types import UtcDateTime
 
 DEFAULT_CHUNK_SIZE = 50_000
 _PG_WRITE_LOCK = 7_310_452_002
@@ -69,58 +69,57 @@ class UpsertCounts:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def mint_order_id() -> str:
-    return ORDER_ID_PREFIX + str(ULID())
+def mint_order_ids(count: int) -> list[str]:
+    """``count`` fresh order ids: ``ord_`` + ULID (ulid-transform: C, ~0.1 µs per id)."""
+    return [ORDER_ID_PREFIX + ulid_now() for _ in range(count)]
 
 
 # ---------------------------------------------------------------------------------------
-# Python side: canonical values, hash, dedupe
+# Python side: canonical text, hash, dedupe
+
+_FIELDS = operator.attrgetter("external_id", *ORDER_FIELDS)
+# Positions of datetime fields in a staged row (external_id first).
+_DATETIME_POSITIONS = tuple(i + 1 for i, name in enumerate(ORDER_FIELDS) if name in DATETIME_FIELDS)
+_UPDATED_AT = 1 + ORDER_FIELDS.index("updated_at")
 
 
-def _canonical(record: OrderRecord) -> tuple[Any, ...]:
-    """The record's field values in ``ORDER_FIELDS`` order (enums as their values)."""
-    values = []
-    for name in ORDER_FIELDS:
-        value = getattr(record, name)
-        if value is not None and hasattr(value, "value"):
-            value = value.value
-        values.append(value)
-    return tuple(values)
+def _canonical_text(record: OrderRecord) -> tuple[str | None, ...]:
+    """``external_id`` and the fields as the text SQLite stores (UTC time without offset).
+
+    The same text feeds the content hash, so a hash means the same thing on both stores.
+    """
+    out: list[str | None] = []
+    for value in _FIELDS(record):
+        if value is None or type(value) is str:
+            out.append(value)
+        elif isinstance(value, datetime):
+            # Records are validated UTC: drop the "+00:00" to get SQLite's fixed-width text.
+            out.append(value.isoformat(" ", "microseconds")[:-6])
+        else:  # Decimal (already at the currency's exponent) or a StrEnum
+            out.append(str(value))
+    return tuple(out)
 
 
-def content_hash(external_id: str, values: tuple[Any, ...]) -> str:
-    text_values = (
-        external_id,
-        *(None if v is None else sqlite_datetime(v) if isinstance(v, datetime) else str(v) for v in values),
-    )
+def content_hash(text_values: tuple[str | None, ...]) -> str:
     return hashlib.blake2b(repr(text_values).encode(), digest_size=16).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
-class _Staged:
-    external_id: str
-    values: tuple[Any, ...]
-    updated_at: datetime
-    content_hash: str
+def dedupe(records: Iterable[OrderRecord]) -> tuple[list[tuple[str | None, ...]], int]:
+    """Newest version per key (ties: larger content hash), sorted by key; and how many lost.
 
-
-def dedupe(records: Iterable[OrderRecord]) -> tuple[list[_Staged], int]:
-    """Newest version per key (ties: larger content hash), sorted by key; and how many lost."""
-    best: dict[str, _Staged] = {}
+    Returns staged rows: the canonical text values followed by the content hash.
+    """
+    best: dict[str, tuple[str | None, ...]] = {}
     seen = 0
     for record in records:
         seen += 1
-        values = _canonical(record)
-        staged = _Staged(
-            record.external_id, values, record.updated_at, content_hash(record.external_id, values)
-        )
-        current = best.get(staged.external_id)
-        if current is None or (staged.updated_at, staged.content_hash) > (
-            current.updated_at,
-            current.content_hash,
-        ):
-            best[staged.external_id] = staged
-    winners = sorted(best.values(), key=lambda s: s.external_id)
+        texts = _canonical_text(record)
+        row = (*texts, content_hash(texts))
+        key = texts[0]
+        current = best.get(key)  # type: ignore[arg-type]
+        if current is None or (row[_UPDATED_AT], row[-1]) > (current[_UPDATED_AT], current[-1]):
+            best[key] = row  # type: ignore[index]
+    winners = [best[key] for key in sorted(best)]
     return winners, seen - len(winners)
 
 
@@ -128,24 +127,12 @@ def dedupe(records: Iterable[OrderRecord]) -> tuple[list[_Staged], int]:
 # SQL side
 
 
-def _sqlite_row(staged: _Staged) -> tuple[Any, ...]:
-    row: list[Any] = [staged.external_id]
-    for name, value in zip(ORDER_FIELDS, staged.values, strict=True):
-        if value is None:
-            row.append(None)
-        elif name in DATETIME_FIELDS:
-            row.append(sqlite_datetime(value))
-        elif name in MONEY_FIELDS:
-            row.append(str(value))
-        else:
-            row.append(value)
-    row.append(staged.content_hash)
-    row.append(mint_order_id())
-    return tuple(row)
-
-
-def _pg_row(staged: _Staged) -> tuple[Any, ...]:
-    return (staged.external_id, *staged.values, staged.content_hash, mint_order_id())
+def _pg_row(row: tuple[str | None, ...]) -> tuple[str | None, ...]:
+    values = list(row)
+    for position in _DATETIME_POSITIONS:
+        if values[position] is not None:
+            values[position] += "+00"  # type: ignore[operator]
+    return tuple(values)
 
 
 def _column_type(name: str, dialect: str) -> str:
@@ -172,13 +159,15 @@ def _create_staging(conn: Connection) -> None:
         )
 
 
-def _fill_staging(conn: Connection, rows: list[_Staged]) -> None:
+def _fill_staging(conn: Connection, rows: list[tuple[str | None, ...]]) -> None:
     names = ", ".join(_STAGED)
+    ids = mint_order_ids(len(rows))
     driver = conn.connection.driver_connection
     if conn.dialect.name == "sqlite":
         placeholders = ", ".join("?" for _ in _STAGED)
         driver.executemany(  # type: ignore[union-attr]
-            f"INSERT INTO staging_orders ({names}) VALUES ({placeholders})", map(_sqlite_row, rows)
+            f"INSERT INTO staging_orders ({names}) VALUES ({placeholders})",
+            [(*row, candidate) for row, candidate in zip(rows, ids, strict=True)],
         )
     else:
         with (
@@ -187,8 +176,8 @@ def _fill_staging(conn: Connection, rows: list[_Staged]) -> None:
                 f"COPY staging_orders ({names}) FROM STDIN"
             ) as copy,
         ):
-            for staged in rows:
-                copy.write_row(_pg_row(staged))
+            for row, candidate in zip(rows, ids, strict=True):
+                copy.write_row((*_pg_row(row), candidate))
 
 
 def _newer(new: str, old: str) -> str:
@@ -231,34 +220,34 @@ def _write_source_rows(conn: Connection, source: str, synced_at: datetime) -> No
 
 
 def _golden_select() -> str:
-    """SELECT of the merged golden row for every key staged as insert or update."""
-    sources = [s.value for s in Source]
+    """SELECT of the merged golden row for every key staged as insert or update.
 
-    def per_source(field: str, source: str) -> str:
-        return f"MAX(CASE WHEN so.source = '{source}' THEN so.{field} END)"
-
+    One primary-key lookup per source and key (no grouping): the origin is the first
+    source, in precedence order, that holds the key.
+    """
+    aliases = {source.value: f"s{rank}" for rank, source in enumerate(Source)}
     origin = (
         "CASE "
-        + " ".join(f"WHEN COUNT(CASE WHEN so.source = '{s}' THEN 1 END) > 0 THEN '{s}'" for s in sources)
+        + " ".join(f"WHEN {a}.external_id IS NOT NULL THEN '{s}'" for s, a in aliases.items())
         + " END"
     )
     expressions = []
     for field in ORDER_FIELDS:
         if field in ORIGIN_ONLY_FIELDS:
             branches = " ".join(
-                f"WHEN COUNT(CASE WHEN so.source = '{s}' THEN 1 END) > 0 THEN {per_source(field, s)}"
-                for s in sources
+                f"WHEN {a}.external_id IS NOT NULL THEN {a}.{field}" for a in aliases.values()
             )
             expressions.append(f"CASE {branches} END AS {field}")
         else:
-            coalesce = ", ".join(per_source(field, s) for s in sources)
-            expressions.append(f"COALESCE({coalesce}) AS {field}")
+            expressions.append(f"COALESCE({', '.join(f'{a}.{field}' for a in aliases.values())}) AS {field}")
+    joins = " ".join(
+        f"LEFT JOIN source_orders AS {a} ON {a}.source = '{s}' AND {a}.external_id = st.external_id"
+        for s, a in aliases.items()
+    )
     return (
-        f"SELECT so.external_id AS external_id, {', '.join(expressions)}, {origin} AS origin "
-        "FROM source_orders AS so "
-        "WHERE so.external_id IN "
-        "(SELECT external_id FROM staging_orders WHERE action IN ('insert', 'update')) "
-        "GROUP BY so.external_id"
+        f"SELECT st.candidate_id AS candidate_id, st.external_id AS external_id, {', '.join(expressions)}, "
+        f"{origin} AS origin FROM staging_orders AS st {joins} "
+        "WHERE st.action IN ('insert', 'update')"
     )
 
 
@@ -271,9 +260,8 @@ def _merge_golden(conn: Connection, synced_at: datetime) -> int:
     result = conn.execute(
         sa.text(
             f"INSERT INTO orders (id, external_id, {names}, synced_at) "
-            f"SELECT st.candidate_id, g.external_id, {', '.join('g.' + c for c in compared)}, :synced_at "
-            f"FROM ({_golden_select()}) AS g JOIN staging_orders AS st ON st.external_id = g.external_id "
-            "ORDER BY g.external_id "
+            f"SELECT g.candidate_id, g.external_id, {', '.join('g.' + c for c in compared)}, :synced_at "
+            f"FROM ({_golden_select()}) AS g ORDER BY g.external_id "
             f"ON CONFLICT (external_id) DO UPDATE SET {assignments} WHERE {changed}"
         ).bindparams(sa.bindparam("synced_at", type_=UtcDateTime())),
         {"synced_at": synced_at},

@@ -258,3 +258,24 @@ def test_database_urls_are_shown_masked() -> None:
         == "postgresql+psycopg://etl:***@db:5432/orders"
     )
     assert "s3cr3t" not in repr(create_store_engine("postgresql+psycopg://etl:s3cr3t@db:5432/orders").url)
+
+
+def test_canonical_text_follows_the_declared_field_order() -> None:
+    from orders_etl.store.schema import ORDER_FIELDS
+    from orders_etl.store.upsert import _canonical_text
+
+    record = order(
+        1, refunded_amount="1.00", tracking_number="T", deleted_at=LATER, payment_status="refunded"
+    )
+    texts = _canonical_text(record)
+    assert texts[0] == "1"
+    for name, text in zip(ORDER_FIELDS, texts[1:], strict=True):
+        value = getattr(record, name)
+        expected = (
+            None
+            if value is None
+            else value.strftime("%Y-%m-%d %H:%M:%S.%f")
+            if name.endswith("_at")
+            else str(value)
+        )
+        assert text == expected, name

@@ -34,9 +34,9 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orders_etl.model import OrderRecord, OrderStatus, PaymentStatus  # noqa: E402
-from orders_etl.store import OrderStore  # noqa: E402
-from orders_etl.store.engine import create_store_engine  # noqa: E402
+from orders_etl.model import OrderRecord, OrderStatus, PaymentStatus
+from orders_etl.store import OrderStore
+from orders_etl.store.engine import create_store_engine
 
 CURRENCIES = (("USD", 2), ("EUR", 2), ("JPY", 0), ("KWD", 3))
 SHIPPING = ("fedex_ground", "ups_standard", "dhl_express", "usps_priority", None)
@@ -138,7 +138,8 @@ def verify(store: OrderStore, unique: int, sums: dict[str, Decimal]) -> bool:
         }
     ok = count == distinct == unique and got == sums
     print(
-        f"  verify: rows={count:,} distinct={distinct:,} sums_exact={got == sums} -> {'OK' if ok else 'FAILED'}"
+        f"  verify: rows={count:,} distinct={distinct:,} sums_exact={got == sums}"
+        f" -> {'OK' if ok else 'FAILED'}"
     )
     return ok
 

@@ -230,18 +230,25 @@ def _write_source_rows(conn: Connection, source: str, synced_at: datetime) -> No
     )
 
 
-def _golden_select() -> str:
+def _sources_present(conn: Connection) -> list[str]:
+    """Sources holding any order, in precedence order (one index probe each)."""
+    return [
+        source.value
+        for source in Source
+        if conn.execute(
+            sa.text("SELECT 1 FROM source_orders WHERE source = :s LIMIT 1"), {"s": source.value}
+        ).first()
+    ]
+
+
+def _golden_select(sources: list[str]) -> str:
     """SELECT of the merged golden row for every key staged as insert or update.
 
-    One primary-key lookup per source and key (no grouping): the origin is the first
-    source, in precedence order, that holds the key.
+    One primary-key lookup per present source and key (no grouping); the origin is the
+    first source, in precedence order, that holds the key.
     """
-    aliases = {source.value: f"s{rank}" for rank, source in enumerate(Source)}
-    origin = (
-        "CASE "
-        + " ".join(f"WHEN {a}.external_id IS NOT NULL THEN '{s}'" for s, a in aliases.items())
-        + " END"
-    )
+    aliases = {source: f"s{rank}" for rank, source in enumerate(sources)}
+    origin = " ".join(f"WHEN {a}.external_id IS NOT NULL THEN '{s}'" for s, a in aliases.items())
     expressions = []
     for field in ORDER_FIELDS:
         if field in ORIGIN_ONLY_FIELDS:
@@ -257,12 +264,22 @@ def _golden_select() -> str:
     )
     return (
         f"SELECT st.candidate_id AS candidate_id, st.external_id AS external_id, {', '.join(expressions)}, "
-        f"{origin} AS origin FROM staging_orders AS st {joins} "
+        f"CASE {origin} END AS origin FROM staging_orders AS st {joins} "
         "WHERE st.action IN ('insert', 'update')"
     )
 
 
-def _merge_golden(conn: Connection, synced_at: datetime) -> int:
+def _single_source_select(source: str) -> str:
+    """The golden rows when ``source`` is the only source holding orders: its staged rows."""
+    return (
+        f"SELECT candidate_id, external_id, {', '.join(ORDER_FIELDS)}, '{source}' AS origin "
+        "FROM staging_orders WHERE action IN ('insert', 'update')"
+    )
+
+
+def _merge_golden(conn: Connection, source: str, synced_at: datetime) -> int:
+    present = _sources_present(conn)
+    select = _single_source_select(source) if present == [source] else _golden_select(present)
     distinct = "IS NOT" if conn.dialect.name == "sqlite" else "IS DISTINCT FROM"
     compared = (*ORDER_FIELDS, "origin")
     changed = " OR ".join(f"orders.{c} {distinct} excluded.{c}" for c in compared)
@@ -272,7 +289,7 @@ def _merge_golden(conn: Connection, synced_at: datetime) -> int:
         sa.text(
             f"INSERT INTO orders (id, external_id, {names}, synced_at) "
             f"SELECT g.candidate_id, g.external_id, {', '.join('g.' + c for c in compared)}, :synced_at "
-            f"FROM ({_golden_select()}) AS g ORDER BY g.external_id "
+            f"FROM ({select}) AS g ORDER BY g.external_id "
             f"ON CONFLICT (external_id) DO UPDATE SET {assignments} WHERE {changed}"
         ).bindparams(sa.bindparam("synced_at", type_=UtcDateTime())),
         {"synced_at": synced_at},
@@ -304,7 +321,7 @@ def upsert_chunk(conn: Connection, source: str, records: Iterable[OrderRecord]) 
     )
     if counts.inserted or counts.updated:
         _write_source_rows(conn, source, synced_at)
-        _merge_golden(conn, synced_at)
+        _merge_golden(conn, source, synced_at)
     return counts
 
 

@@ -279,3 +279,16 @@ def test_canonical_text_follows_the_declared_field_order() -> None:
             else str(value)
         )
         assert text == expected, name
+
+
+def test_streaming_reads_do_not_block_writes_in_the_same_process(store: OrderStore) -> None:
+    store.land_raw("shopify", [RawRecord(str(i), BASE_TIME, {"id": i}) for i in range(30)])
+    from orders_etl.store.landing import iter_raw
+
+    stream = iter_raw(store.engine, "shopify", chunk_size=10)
+    first = next(stream)  # the read transaction stays open while we write below
+    store.upsert("shopify", [order(r.record_key) for r in first])
+    store.record_rejects([Reject("shopify", "x", "bad", None)])
+    store.advance_high_water_mark("shopify", LATER)
+    assert sum(len(chunk) for chunk in stream) == 20
+    assert store.count("orders") == 10

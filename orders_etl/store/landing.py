@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from orders_etl.model import Reject
+from orders_etl.store.engine import reading
 from orders_etl.store.schema import order_rejects, raw_orders, sync_state
 
 LANDING_CHUNK_SIZE = 5_000
@@ -135,7 +136,7 @@ def iter_raw(
     if end is not None:
         query = query.where(raw_orders.c.updated_at < end)
     query = query.order_by(raw_orders.c.raw_id)
-    with engine.connect() as conn:
+    with reading(engine).connect() as conn:
         result = conn.execution_options(yield_per=chunk_size).execute(query)
         for partition in result.partitions(chunk_size):
             yield [
@@ -179,7 +180,7 @@ def record_rejects(engine: Engine, rejects: Iterable[Reject], *, run_id: str | N
 
 
 def high_water_mark(engine: Engine, source: str) -> datetime | None:
-    with engine.connect() as conn:
+    with reading(engine).connect() as conn:
         return conn.execute(
             sa.select(sync_state.c.high_water_mark).where(sync_state.c.source == source)
         ).scalar_one_or_none()

@@ -9,8 +9,8 @@ quotes are unbalanced *and* joining the next lines gives a record of the header'
 
 Lenient splitting (Go's "lazy quotes", roughly): a field that starts with a quote ends at
 the first quote followed by the separator or the end of the record; quotes inside are
-kept as written (``""`` still means one quote). It is used when the strict parse produced
-a cell holding a quote (only non-RFC input or escaped quotes do) or the wrong width.
+kept as written (``""`` still means one quote). It is used for records whose quotes are
+not all at field boundaries or doubled (not RFC 4180), and for records of the wrong width.
 
 Bytes the encoding cannot decode are read as lone surrogates (``surrogateescape``) so the
 stream never stops on them; a record holding one (or a NUL, which no store can keep) is
@@ -152,17 +152,32 @@ class RecordReader:
         except (StopIteration, csv.Error):
             return split_lenient(text, self.separator, self.quote)
 
-    def _cells(self, text: str, width: int | None) -> list[str] | None:
+    def _rfc_clean(self, text: str) -> bool:
+        """True when every quote opens or closes a field or is doubled, as RFC 4180 says."""
+        q, sep = self.quote, self.separator
+        rest = text.replace(q + q, "")
+        boundaries = rest.count(sep + q) + rest.count(q + sep) + rest.startswith(q) + rest.endswith(q)
+        return rest.count(q) == boundaries
+
+    def _cells(self, text: str, width: int | None) -> list[str]:
+        """The record's cells; the lenient reading wins where the strict one met non-RFC quoting."""
         cells = self._strict(text)
         q = self.quote
-        if q and q in text and (any(q in c for c in cells) or (width is not None and len(cells) != width)):
-            # Non-RFC quoting: prefer the lenient reading when it has the header's width.
+        if (
+            q
+            and q in text
+            and (
+                not self._rfc_clean(text)
+                or text.count(q) % 2
+                or (width is not None and fit_width(cells, width) is None)
+            )
+        ):
             lenient = split_lenient(text, self.separator, q)
             if width is None or fit_width(lenient, width) is not None:
-                cells = lenient
-        return cells if width is None else fit_width(cells, width)
+                return lenient
+        return cells
 
-    def _joined(self, first: tuple[int, str], width: int | None) -> tuple[str, list[str] | None] | None:
+    def _joined(self, first: tuple[int, str], width: int | None) -> tuple[str, list[str]] | None:
         """A quoted field running over the next lines, if joining them gives a full record."""
         taken: list[tuple[int, str]] = []
         parts = [first[1]]
@@ -175,16 +190,17 @@ class RecordReader:
             if not odd:
                 text = "".join(parts).rstrip(_LINE_END)
                 cells = self._strict(text)
-                if width is None:
+                if width is None or fit_width(cells, width) is not None:
                     return text, cells
-                if (fitted := fit_width(cells, width)) is not None:
-                    return text, fitted
                 break
         self._pending.extendleft(reversed(taken))
         return None
 
     def read(self, width: int | None = None) -> Record | None:
-        """The next record (None at the end). With ``width``, a record of another width is an error."""
+        """The next record, None at the end; a blank line is a record without cells.
+
+        With ``width`` (the header's), a record that does not fit it is an error.
+        """
         first = self._read_line()
         if first is None:
             return None
@@ -204,6 +220,11 @@ class RecordReader:
             return Record(line, [], printable(text), reason)
         if "\x00" in text:
             return Record(line, [], printable(text), f"NUL character at character {text.index(chr(0)) + 1}")
-        if cells is None:
-            return Record(line, [], text, f"{len(self._strict(text))} fields where the header has {width}")
+        if not any(c.strip() for c in cells):
+            return Record(line, [], text)
+        if width is not None:
+            fitted = fit_width(cells, width)
+            if fitted is None:
+                return Record(line, [], text, f"{len(cells)} fields where the header has {width}")
+            cells = fitted
         return Record(line, cells, text)

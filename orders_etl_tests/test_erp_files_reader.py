@@ -416,6 +416,13 @@ def test_window_filters_on_the_last_modified_column_half_open(tmp_path: Path) ->
     assert [r.record_key for r in fetch(path, variant(), None, end)] == ["SO-1", "SO-2", "SO-3"]
 
 
+def test_a_naive_window_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "export.csv", line(*HEADER) + order_row("SO-1"))
+
+    with pytest.raises(ValueError, match="must be timezone-aware"):
+        fetch(path, variant(), datetime(2024, 3, 12), None)
+
+
 def test_without_an_updated_column_the_file_time_decides(tmp_path: Path) -> None:
     header = [h for h in HEADER if h != "Last Modified"]
     path = write(

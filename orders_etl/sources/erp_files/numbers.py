@@ -20,6 +20,7 @@ class AmountParser:
     def __init__(self, decimal: str, thousands: str = "") -> None:
         self.decimal = decimal
         self.thousands = thousands
+        self._ungroup = {ord(c): None for c in _SPACES + thousands} if thousands else {}
         d = re.escape(decimal)
         if thousands:
             t = f"[{re.escape(_SPACES)}]" if thousands in _SPACES else re.escape(thousands)
@@ -37,7 +38,7 @@ class AmountParser:
             grouping = f"thousands {self.thousands!r}" if self.thousands else "no thousands separator"
             raise ValueError(f"is not an amount with decimal {self.decimal!r} and {grouping}")
         integer = match["int"] or "0"
-        if self.thousands:
-            integer = integer.translate({ord(c): None for c in _SPACES + self.thousands})
+        if self._ungroup:
+            integer = integer.translate(self._ungroup)
         negative = match["lead"] == "-" or match["trail"] == "-"
         return Decimal(f"{'-' if negative else ''}{integer}.{match['frac'] or ''}")

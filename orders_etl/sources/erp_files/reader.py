@@ -97,6 +97,9 @@ class ErpFileReader:
         self, start: datetime | None = None, end: datetime | None = None, log: Log = no_log
     ) -> Iterator[RawRecord]:
         """Raw records updated in ``[start, end)`` (None = unbounded), file by file."""
+        for bound in (start, end):
+            if bound is not None and bound.utcoffset() is None:
+                raise ValueError(f"window bound {bound!r} must be timezone-aware")
         files = self.files()
         if not files:
             log(f"erp_files: no export files ({', '.join(sorted(EXPORT_SUFFIXES))}) in {self.path}")

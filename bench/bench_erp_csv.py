@@ -98,6 +98,8 @@ def generate(path: Path, rows: int, seed: int = 7) -> None:
     with path.open("w", encoding="cp1252", newline="") as out:
         out.write(HEADER)
         for n in range(1, rows + 1):
+            if n % 250_000 == 0:
+                log(f"generating row {n}")
             if n % 100_000 == 0:
                 out.write(f"SO-{n:07d};#{1000 + n};01.02.2024\r\n")  # truncated row
                 continue
@@ -113,8 +115,6 @@ def generate(path: Path, rows: int, seed: int = 7) -> None:
                 f"{european(cents * 19 // 119)};{refund};{status};{payment};{METHODS[n % 4]};"
                 f"00340434{n:012d};C{n % 50_000:05d};{NAMES[n % len(NAMES)]}\r\n"
             )
-            if n % 250_000 == 0:
-                log(f"generated {n} rows")
 
 
 def resolve_names(names: Iterable[str]) -> dict[str, str]:

@@ -80,7 +80,7 @@ class ErpFileReader:
     def __init__(self, path: str | Path, dialect: Dialect | str | Path) -> None:
         self.path = Path(path)
         self.dialect = dialect if isinstance(dialect, Dialect) else load_dialect(dialect)
-        self._dates = DateParser(self.dialect.date_formats, self.dialect.zone)
+        self.dates = DateParser(self.dialect.date_formats, self.dialect.zone)
 
     def files(self) -> list[Path]:
         if self.path.is_file():
@@ -114,7 +114,7 @@ class _FileRead:
         self, reader: ErpFileReader, path: Path, start: datetime | None, end: datetime | None, log: Log
     ) -> None:
         self.dialect = reader.dialect
-        self.dates = reader._dates
+        self.dates = reader.dates
         self.path = path
         self.name = path.name if path == reader.path else str(path.relative_to(reader.path))
         self.start, self.end, self.log = start, end, log

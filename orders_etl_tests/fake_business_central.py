@@ -12,7 +12,7 @@ What it implements, as the real service does it:
   20,000) with an ``@odata.nextLink`` carrying a ``$skiptoken``.
 * Amounts go out as exact JSON numbers (``172.94``), written from ``Decimal``.
 
-Faults are injected per request, queued (``inject``) or at random with a seed
+Faults are injected per request (token requests included), queued (``inject``) or at random with a seed
 (``random_faults``): HTTP 500/502/503/504 with BC's error body, 429 with ``Retry-After``,
 a response slower than the client's timeout, a body cut short, a connection closed without
 an answer, an HTML page instead of JSON. Everything sent is counted in ``injected`` and
@@ -485,6 +485,10 @@ class FakeBusinessCentral:
         self.has_gl_setup_endpoint = has_gl_setup_endpoint
         self.static_tokens: set[str] = set()
         self.issued_tokens: dict[str, float] = {}
+        #: Every token ever handed out (tests check none of them leaks into logs or errors).
+        self.all_tokens: list[str] = []
+        #: When set, every authenticated API request is refused with this status (401 or 403).
+        self.refuse_with: int | None = None
         self.documents: dict[str, dict[str, dict]] = {name: {} for name in DOCUMENT_SETS}
         self.requests: list[LoggedRequest] = []
         self.token_requests = 0
@@ -506,7 +510,9 @@ class FakeBusinessCentral:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         self._server.block_on_close = False
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-bc", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-bc", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -553,6 +559,7 @@ class FakeBusinessCentral:
     def issue_static_token(self) -> str:
         token = secrets.token_urlsafe(32)
         self.static_tokens.add(token)
+        self.all_tokens.append(token)
         return token
 
     def revoke_tokens(self) -> None:
@@ -659,6 +666,7 @@ class FakeBusinessCentral:
                 return 400, {"error": "invalid_scope", "error_codes": [70011]}
             token = secrets.token_urlsafe(32)
             self.issued_tokens[token] = time.monotonic() + self.token_ttl_s
+            self.all_tokens.append(token)
             ttl = int(self.token_ttl_s) if self.token_ttl_s >= 1 else self.token_ttl_s
             return 200, {
                 "token_type": "Bearer",
@@ -741,6 +749,9 @@ class _Handler(BaseHTTPRequestHandler):
         if urlsplit(self.path).path != f"/{self.fake.tenant_id}/oauth2/v2.0/token":
             self._send(404, dumps({"error": "not_found"}))
             return
+        fault = self.fake._next_fault()
+        if fault is not None and self._apply_fault(fault):
+            return
         form = {k: v[0] for k, v in parse_qs(raw).items()}
         status, body = self.fake.issue_token(form)
         self._send(status, dumps(body))
@@ -763,7 +774,10 @@ class _Handler(BaseHTTPRequestHandler):
         if not match or match["tenant"] != fake.tenant_id:
             self._error(404, "BadRequest_NotFound", "The request URL is not valid.")
             return
-        if not authorized:
+        if authorized and fake.refuse_with == 403:
+            self._error(403, "Authorization_InsufficientPermissions", "You do not have the permissions.")
+            return
+        if not authorized or fake.refuse_with == 401:
             self._error(
                 401,
                 "Authentication_InvalidCredentials",

@@ -26,7 +26,8 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from orders_etl.sources.base import SourceError
@@ -70,7 +71,8 @@ class BusinessCentralClient:
         self._http = http
         self._page_size = page_size
         self._max_attempts = max_attempts
-        self._backoff = wait_exponential_jitter(initial=backoff_initial_s, max=backoff_max_s)
+        # Exponential backoff plus up to a second of jitter, so parallel clients spread out.
+        self._backoff = wait_exponential(multiplier=backoff_initial_s, max=backoff_max_s) + wait_random(0, 1)
         self._max_retry_after_s = max_retry_after_s
         self._sleep = sleep
         #: Counters for progress lines and tests: requests sent, retries after each cause.

@@ -691,6 +691,9 @@ _API_PATH = re.compile(
 class _Handler(BaseHTTPRequestHandler):
     fake: FakeBusinessCentral
     protocol_version = "HTTP/1.1"
+    # Headers and body leave in separate writes: without TCP_NODELAY, Nagle's algorithm and
+    # delayed ACKs stall every keep-alive response by ~40 ms.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         return None

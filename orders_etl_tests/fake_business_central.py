@@ -12,10 +12,10 @@ What it implements, as the real service does it:
   20,000) with an ``@odata.nextLink`` carrying a ``$skiptoken``.
 * Amounts go out as exact JSON numbers (``172.94``), written from ``Decimal``.
 
-Faults are injected per request (token requests included), queued (``inject``) or at random with a seed
-(``random_faults``): HTTP 500/502/503/504 with BC's error body, 429 with ``Retry-After``,
-a response slower than the client's timeout, a body cut short, a connection closed without
-an answer, an HTML page instead of JSON. Everything sent is counted in ``injected`` and
+Faults are injected per request (token requests included), queued (``inject``) or at
+random with a seed (``random_faults``): HTTP 500/502/503/504 with BC's error body, 429 with
+``Retry-After``, a response slower than the client's timeout, a body cut short, a
+connection closed without an answer, an HTML page instead of JSON. Everything sent is counted in ``injected`` and
 every request is logged (without its token) in ``requests``.
 """
 
@@ -489,6 +489,8 @@ class FakeBusinessCentral:
         self.all_tokens: list[str] = []
         #: When set, every authenticated API request is refused with this status (401 or 403).
         self.refuse_with: int | None = None
+        #: OData lets a next link be relative to the request URL; BC sends absolute ones.
+        self.relative_next_links = False
         self.documents: dict[str, dict[str, dict]] = {name: {} for name in DOCUMENT_SETS}
         self.requests: list[LoggedRequest] = []
         self.token_requests = 0
@@ -820,9 +822,9 @@ class _Handler(BaseHTTPRequestHandler):
         }
         if next_token is not None:
             next_params = {k: v for k, v in params.items() if k != "$skiptoken"} | {"$skiptoken": next_token}
-            body["@odata.nextLink"] = f"{fake.origin}{parts.path}?" + urlencode(
-                next_params, quote_via=quote, safe="$"
-            )
+            query = urlencode(next_params, quote_via=quote, safe="$")
+            prefix = "" if fake.relative_next_links else f"{fake.origin}{parts.path.rsplit('/', 1)[0]}/"
+            body["@odata.nextLink"] = f"{prefix}{entity}?{query}"
         self._send(200, dumps(body), {"Preference-Applied": f"odata.maxpagesize={page_size}"})
 
 

@@ -71,6 +71,13 @@ def test_pages_follow_next_links_at_the_preferred_page_size(bc):
     assert [r.params.get("$skiptoken") for r in requests[1:]] == ["SO009", "SO019"]
 
 
+def test_a_relative_next_link_is_resolved_against_the_page_url(bc):
+    bc.relative_next_links = True
+    with token_reader(bc, page_size=10) as reader:
+        assert numbers(reader) == ALL
+    assert len(bc.api_requests("salesOrders")) == 3
+
+
 def test_filter_and_select_travel_with_every_page(bc):
     with token_reader(bc, page_size=2) as reader:
         docs = reader.client.collection("salesOrders", filter="number ge 'SO020'", select="number,status")

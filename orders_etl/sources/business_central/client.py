@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urljoin
 
 import httpx
 from tenacity import (
@@ -104,8 +105,9 @@ class BusinessCentralClient:
             next_link = body.get("@odata.nextLink")
             if next_link is not None and not isinstance(next_link, str):
                 raise SourceError(SOURCE, f"GET {entity} page {page}: '@odata.nextLink' is not a URL")
-            # The next link already carries the filter, select and skip token.
-            url, params = next_link, None
+            # The next link already carries the filter, select and skip token; OData allows
+            # it to be relative to the page it came with.
+            url, params = (urljoin(url, next_link) if next_link is not None else None), None
 
     def collection(self, entity: str, *, filter: str | None = None, select: str | None = None) -> list[dict]:
         return [doc for page in self.pages(entity, filter=filter, select=select) for doc in page]

@@ -36,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from orders_etl.sources.base import Log, SourceError, no_log
+from orders_etl.sources.base import Log, no_log
 from orders_etl.sources.business_central import odata
 from orders_etl.sources.business_central.auth import ClientCredentials, StaticToken, TokenSource
 from orders_etl.sources.business_central.client import DEFAULT_PAGE_SIZE, BusinessCentralClient, NotFound
@@ -320,6 +320,3 @@ def _latest_modification(documents: list[dict]) -> datetime | None:
 def _chunks(items: list[_Key], size: int) -> Iterator[list[_Key]]:
     for index in range(0, len(items), size):
         yield items[index : index + size]
-
-
-__all__ = ["BusinessCentralReader", "SourceError"]

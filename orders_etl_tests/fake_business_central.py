@@ -15,8 +15,8 @@ What it implements, as the real service does it:
 Faults are injected per request (token requests included), queued (``inject``) or at
 random with a seed (``random_faults``): HTTP 500/502/503/504 with BC's error body, 429 with
 ``Retry-After``, a response slower than the client's timeout, a body cut short, a
-connection closed without an answer, an HTML page instead of JSON. Everything sent is counted in ``injected`` and
-every request is logged (without its token) in ``requests``.
+connection closed without an answer, an HTML page instead of JSON. Every fault sent is
+counted in ``injected``, every request logged (without its token) in ``requests``.
 """
 
 from __future__ import annotations

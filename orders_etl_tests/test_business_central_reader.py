@@ -240,6 +240,20 @@ def test_a_failure_while_assembling_raises_instead_of_ending_quietly(bc):
             yielded.append(record)
     # What came before the failure is whole bundles of the first chunk, nothing more.
     assert len(yielded) == 20
+    assert reader.complete_until is None  # the cursor has nowhere to move
+
+
+def test_complete_until_is_the_end_of_the_window_once_read(bc):
+    bc.put("salesOrders", sales_order("SO1"))
+    end = T0 + timedelta(days=400)
+    with reader_for(bc) as reader:
+        records = reader.fetch(None, end)
+        assert reader.complete_until is None
+        assert [r.record_key for r in records] == ["SO1"]
+        assert reader.complete_until == end
+        before = datetime.now(UTC)
+        list(reader.fetch(T0, None))
+        assert before <= reader.complete_until <= datetime.now(UTC)
 
 
 def test_an_order_deleted_while_reading_is_skipped_and_logged(bc):
@@ -312,13 +326,19 @@ def sync(store, bc: FakeBusinessCentral, shopify_ids: dict[str, str]) -> None:
     start = store.high_water_mark("business_central")
     with reader_for(bc) as reader:
         records = list(reader.fetch(start, None))
+        assert reader.complete_until is not None
+        until = reader.complete_until
     store.land_raw("business_central", records)
     results = list(
         normalize(records, resolve_names=lambda names: {n: shopify_ids[n] for n in names if n in shopify_ids})
     )
     store.upsert("business_central", [r for r in results if not isinstance(r, Reject)])
     store.record_rejects([r for r in results if isinstance(r, Reject)])
-    store.advance_high_water_mark("business_central", max(r.updated_at for r in records))
+    store.advance_high_water_mark("business_central", until)
+
+
+def now() -> str:
+    return bc_time(datetime.now(UTC))
 
 
 def stored(store, external_id: str):
@@ -328,7 +348,8 @@ def stored(store, external_id: str):
 
 def test_an_order_from_open_to_posted_to_refunded(store, bc):
     ids = {"#1001": "5504312345678"}
-    bc.put("salesOrders", sales_order("SO1", reference="#1001", total="118.00", modified=bc_time(T0)))
+    # Business Central stamps changes with its clock: the cursor (complete_until) follows it.
+    bc.put("salesOrders", sales_order("SO1", reference="#1001", total="118.00", modified=now()))
     sync(store, bc, ids)
     first = stored(store, "5504312345678")
     assert (first.status, first.payment_status, first.number) == (OrderStatus.PROCESSING, None, "SO1")
@@ -343,7 +364,7 @@ def test_an_order_from_open_to_posted_to_refunded(store, bc):
             reference="#1001",
             total="118.00",
             status="Paid",
-            modified=bc_time(T0 + timedelta(days=1)),
+            modified=now(),
         ),
     )
     sync(store, bc, ids)
@@ -356,9 +377,7 @@ def test_an_order_from_open_to_posted_to_refunded(store, bc):
 
     bc.put(
         "salesCreditMemos",
-        sales_credit_memo(
-            "PSCM-1", invoice_number="PSI-1", total="118.00", modified=bc_time(T0 + timedelta(days=2))
-        ),
+        sales_credit_memo("PSCM-1", invoice_number="PSI-1", total="118.00", modified=now()),
     )
     sync(store, bc, ids)
     refunded = stored(store, "5504312345678")

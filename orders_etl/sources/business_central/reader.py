@@ -23,7 +23,8 @@ A fetch runs in two phases, so memory stays bounded by the chunk size, not the w
    current state, never a partial one.
 
 Any failure raises :class:`~orders_etl.sources.base.SourceError`; bundles already yielded
-are complete and safe to land, and the caller must not advance its cursor.
+are complete and safe to land, and the caller must not advance its cursor. After a fetch ran
+to its end, ``complete_until`` is where the cursor may move once the data is committed.
 """
 
 from __future__ import annotations
@@ -107,6 +108,9 @@ class BusinessCentralReader:
         self._configured_lcy = (local_currency or "").strip().upper() or None
         self._company_lcy: str | None = None
         self._company_lcy_known = False
+        #: After a fetch ran to its end: the time up to which every change was delivered
+        #: (``end``, or when the fetch began); None while a fetch runs or after one failed.
+        self.complete_until: datetime | None = None
 
     def __repr__(self) -> str:
         return f"BusinessCentralReader({self.client.company_url!r}, auth={self._auth!r})"
@@ -127,6 +131,8 @@ class BusinessCentralReader:
         for name, moment in (("start", start), ("end", end)):
             if moment is not None and (moment.tzinfo is None or moment.utcoffset() is None):
                 raise ValueError(f"{name} must be timezone-aware")
+        self.complete_until = None
+        started = datetime.now(UTC)
         since = start - self.overlap if start is not None else None
         window = odata.modified_between(since, end)
         local_currency = self.local_currency(log)
@@ -145,6 +151,9 @@ class BusinessCentralReader:
         if vanished:
             # Deleted between scan and assembly without being posted: nothing left to land.
             log(f"business_central: {vanished} orders vanished while reading (deleted at the source)")
+        # Every change before this moment has now been delivered: the cursor may move here
+        # (not to the bundles' latest updated_at, which can run ahead of unread changes).
+        self.complete_until = end if end is not None else started
 
     def local_currency(self, log: Log = no_log) -> str | None:
         """The configured local currency, else the company's LCY code (fetched once)."""

@@ -160,17 +160,15 @@ def _map_bundle(record_key: str, payload: Any, ref_field: str) -> _Mapped:
             )
     updated_at = max(_modified(doc, where) for where, doc in documents)
 
-    number = head.pop("number")
     fields = {
         **head,
-        "number": number,
         "payment_status": payment.status,
         "payment_status_detail": payment.detail,
         "refunded_amount": payment.refunded_amount,
         "updated_at": updated_at,
     }
-    reference = _reference(order, invoices, ref_field, number)
-    return _Mapped(record_key, payload, fields, number, reference)
+    number = head["number"]
+    return _Mapped(record_key, payload, fields, number, _reference(order, invoices, ref_field, number))
 
 
 def _from_order(order: dict, local: str | None) -> dict[str, Any]:
@@ -207,18 +205,12 @@ def _from_invoices(invoices: list[dict], facts: list[ps.Invoice], local: str | N
     # What the customer is charged: the invoices still standing; when all were cancelled,
     # what had been charged; before posting, the draft invoice itself.
     billed = live or posted or [(i, doc) for i, (doc, _fact) in indexed]
-    currency = None
+    # (Every document's currency is checked against this one by the caller.)
+    currency = _currency(billed[0][1], f"salesInvoices[{billed[0][0]}]", local)
     total = Decimal(0)
     tax: Decimal | None = Decimal(0)
     for i, doc in billed:
         where = f"salesInvoices[{i}]"
-        doc_currency = _currency(doc, where, local)
-        if currency is None:
-            currency = doc_currency
-        elif doc_currency != currency:
-            raise _Unmappable(
-                f"{where}.currencyCode = {doc_currency!r} differs from the order's {currency!r}"
-            )
         total += _money(doc, "totalAmountIncludingTax", where)
         doc_tax = _optional_money(doc, "totalTaxAmount", where)
         tax = None if tax is None or doc_tax is None else tax + doc_tax

@@ -14,7 +14,7 @@ situation                                  payment_status  payment_status_detail
 =========================================  ==============  =====================
 no posted invoice                          null            ``not_invoiced``
 every posted invoice Canceled              voided          ``voided``
-refunds ≥ the total of the other invoices  refunded        ``refunded``
+refunds ≥ total of the uncancelled ones   refunded        ``refunded``
 an invoice Paid, some refund               captured        ``partially_refunded``
 an invoice Paid, another still open        captured        ``partially_paid``
 every invoice Paid                         captured        ``paid``

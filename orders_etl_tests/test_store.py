@@ -292,3 +292,17 @@ def test_streaming_reads_do_not_block_writes_in_the_same_process(store: OrderSto
     store.advance_high_water_mark("shopify", LATER)
     assert sum(len(chunk) for chunk in stream) == 20
     assert store.count("orders") == 10
+
+
+def test_an_erp_order_resolved_later_replaces_its_erp_number_key(store: OrderStore) -> None:
+    # The Shopify order is not known yet: the ERP document is keyed on its ERP number...
+    store.upsert("erp_files", [order("SO-1", number="SO-1"), order("SO-2", number="SO-2")])
+    store.upsert("shopify", [order("5001", number="#1001")])
+    # ...and once it is, the same document maps to the Shopify id: no phantom ERP-only order.
+    store.upsert("erp_files", [order("5001", number="SO-1", updated_at=LATER)])
+    assert _rows(store, source_orders, "source", "external_id") == [
+        ("erp_files", "5001"),
+        ("erp_files", "SO-2"),
+        ("shopify", "5001"),
+    ]
+    assert _rows(store, orders, "external_id", "origin") == [("5001", "shopify"), ("SO-2", "erp_files")]

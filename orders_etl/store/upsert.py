@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from ulid_transform import ulid_now
 
-from orders_etl.model import ORDER_ID_PREFIX, OrderRecord, Source
+from orders_etl.model import ERP_SOURCES, ORDER_ID_PREFIX, OrderRecord, Source
 from orders_etl.store.schema import DATETIME_FIELDS, MONEY_FIELDS, ORDER_FIELDS
 from orders_etl.store.types import UtcDateTime
 
@@ -322,7 +322,33 @@ def upsert_chunk(conn: Connection, source: str, records: Iterable[OrderRecord]) 
     if counts.inserted or counts.updated:
         _write_source_rows(conn, source, synced_at)
         _merge_golden(conn, source, synced_at)
+        if source in ERP_SOURCES:
+            _drop_superseded_erp_keys(conn, source)
     return counts
+
+
+def _drop_superseded_erp_keys(conn: Connection, source: str) -> None:
+    """Forget the ERP-number key of ERP orders that now resolve to their Shopify order.
+
+    An ERP order whose Shopify reference could not be resolved yet is keyed on its ERP
+    number (DESIGN.md §4). Once the Shopify order is known, the same ERP document maps to
+    the Shopify ``external_id``; its old row would otherwise live on as a phantom
+    ERP-only order reported ``missing_in_shopify``. Its golden row goes too, unless
+    another source still holds that key.
+    """
+    superseded = (
+        "SELECT number FROM staging_orders WHERE action IN ('insert', 'update') AND number <> external_id"
+    )
+    conn.execute(
+        sa.text(f"DELETE FROM source_orders WHERE source = :source AND external_id IN ({superseded})"),
+        {"source": source},
+    )
+    conn.execute(
+        sa.text(
+            f"DELETE FROM orders WHERE external_id IN ({superseded}) AND NOT EXISTS "
+            "(SELECT 1 FROM source_orders AS so WHERE so.external_id = orders.external_id)"
+        )
+    )
 
 
 def chunked(records: Iterable[OrderRecord], size: int = DEFAULT_CHUNK_SIZE) -> Iterator[list[OrderRecord]]:

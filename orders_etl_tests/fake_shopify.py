@@ -1068,3 +1068,32 @@ def _reset(handler: _Handler) -> None:
     with contextlib.suppress(OSError):
         handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         handler.connection.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Test helpers
+
+
+def api_reader(fake: FakeShopify, **overrides: Any) -> Any:
+    """A ShopifyApiReader against ``fake`` with test-speed timeouts and backoff."""
+    from orders_etl.sources.shopify import ShopifyApiReader
+
+    settings: dict[str, Any] = {
+        "access_token": fake.access_token,
+        "timeout_s": 0.5,
+        "connect_timeout_s": 0.5,
+        "max_attempts": 8,
+        "backoff_base_s": 0.002,
+        "backoff_max_s": 0.02,
+        "bulk_poll_interval_s": 0.005,
+        "bulk_max_poll_interval_s": 0.01,
+        "bulk_threshold": 1_000_000,
+    }
+    settings.update(overrides)
+    if settings.get("client_id"):
+        settings.pop("access_token", None)
+    return ShopifyApiReader(fake.url, **settings)
+
+
+def node_key(node: dict[str, Any]) -> str:
+    return str(node["legacyResourceId"])

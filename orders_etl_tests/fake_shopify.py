@@ -806,9 +806,8 @@ class FakeShopify:
 
     @staticmethod
     def _sort_values(order: dict[str, Any], sort_key: str) -> list[Any]:
-        if sort_key == "UPDATED_AT":
-            return [order["updatedAt"], int(order["legacyResourceId"])]
-        return [int(order["legacyResourceId"])]
+        number = int(order["id"].rsplit("/", 1)[1])
+        return [order["updatedAt"], number] if sort_key == "UPDATED_AT" else [number]
 
     def _sorted(self, sort_key: str) -> tuple[list[list[Any]], list[dict[str, Any]]]:
         cached = self._sort_cache.get(sort_key)

@@ -428,6 +428,7 @@ class FakeStats:
     unauthorized: int = 0
     downloads: int = 0
     operations: Counter = field(default_factory=Counter)
+    paths: Counter = field(default_factory=Counter)
 
 
 class _Server(ThreadingHTTPServer):
@@ -509,6 +510,8 @@ class FakeShopify:
         self.bulk_results: dict[str, bytes] = {}
         self.download_headers: list[dict[str, str]] = []
         self.after_orders_page: Callable[[int], None] | None = None
+        # Rewrites an answer before it is sent: for answers no valid query could get.
+        self.tamper: Callable[[dict[str, Any]], None] | None = None
         self.now = now
         self.stats = FakeStats()
         self.seen_queries: list[str] = []
@@ -523,7 +526,13 @@ class FakeShopify:
     def start(self) -> FakeShopify:
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.fake = self
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-shopify", daemon=True)
+        # A short poll interval: shutdown() waits up to one interval, once per test.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.02},
+            name="fake-shopify",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -664,6 +673,7 @@ class FakeShopify:
 
     def _graphql(self, handler: _Handler, body: bytes) -> None:
         self.stats.graphql += 1
+        self.stats.paths[handler.path] += 1
         if not self._authorized(handler):
             self.stats.unauthorized += 1
             _send(
@@ -687,6 +697,8 @@ class FakeShopify:
             _reset(handler)
             return
         answer = self._answer(body)
+        if self.tamper is not None:
+            self.tamper(answer)
         payload = json.dumps(answer, default=str).encode()
         if fault == "timeout":
             time.sleep(self.faults.stall_s)

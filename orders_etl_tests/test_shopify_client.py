@@ -39,6 +39,7 @@ def test_pages_through_thousands_of_orders_exactly_once():
     assert reader.last_fetch.max_updated_at == max(r.updated_at for r in records)
     assert sum("shopify: page" in line for line in lines) == 3000 // reader.page_size
     assert fake.stats.invalid_queries == 0
+    assert set(fake.stats.paths) == {"/admin/api/2026-10/graphql.json"}  # the pinned version
 
 
 def test_window_is_half_open_and_overlap_rereads(fake):
@@ -196,3 +197,26 @@ def test_constructor_needs_exactly_one_way_to_authenticate(fake):
         ShopifyApiReader(fake.url, client_id="x")
     with pytest.raises(ValueError, match="http"):
         ShopifyApiReader("acme.myshopify.com", access_token="t")
+
+
+def test_a_page_is_never_taken_for_the_last_one_without_saying_so(fake):
+    def drop_cursor(answer: dict) -> None:
+        page_info = answer.get("data", {}).get("orders", {}).get("pageInfo")
+        if page_info and page_info["hasNextPage"]:
+            page_info["endCursor"] = None
+
+    fake.tamper = drop_cursor
+    with api_reader(fake) as reader, pytest.raises(SourceError, match="next page but gives no cursor"):
+        read_all(reader)
+    assert reader.last_fetch.complete is False
+
+    fake.tamper = lambda answer: answer.get("data", {}).get("orders", {}).pop("pageInfo", None)
+    with api_reader(fake) as reader, pytest.raises(SourceError, match="without pageInfo"):
+        read_all(reader)
+
+
+def test_reprs_hide_the_token(fake):
+    with api_reader(fake) as reader:
+        assert fake.access_token not in repr(reader) and "<secret>" in repr(reader)
+        assert fake.access_token not in repr(reader.client._auth)
+        assert "SHOPIFY_ACCESS_TOKEN" in repr(reader)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -319,3 +323,16 @@ def test_normalize_is_pure_and_repeatable():
     first = list(normalize([RawRecord("450789469", None, node)]))
     second = list(normalize([RawRecord("450789469", None, node)]))
     assert first == second and node == before
+
+
+def test_the_mapping_imports_neither_httpx_nor_dagster():
+    code = (
+        "import sys\n"
+        "from orders_etl.sources.shopify import normalize\n"
+        "import orders_etl.sources.shopify.mapping\n"
+        "print(sorted(m for m in ('httpx', 'dagster', 'tenacity') if m in sys.modules))"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert result.stdout.strip() == "[]"

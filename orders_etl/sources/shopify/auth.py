@@ -43,6 +43,8 @@ class Secret:
 class TokenProvider(Protocol):
     #: Which credential this is, in words an operator can act on (names the env vars).
     credential: str
+    #: What to check when Shopify refuses it.
+    how_to_fix: str
 
     def headers(self) -> dict[str, str]:
         """Request headers carrying a valid token (fetching or renewing it if needed)."""

@@ -200,7 +200,7 @@ class ShopifyGraphQLClient:
                 raise CredentialRejected(
                     SOURCE,
                     f"Shopify refused {self._auth.credential} for {self.shop_url} (HTTP 401): "
-                    f"{getattr(self._auth, 'how_to_fix', 'check the credential')}",
+                    f"{self._auth.how_to_fix}",
                 )
             if status == 403:
                 raise CredentialRejected(

@@ -152,13 +152,22 @@ def test_client_credentials_token_is_fetched_once_and_renewed():
 
 def test_client_credentials_token_renewed_before_it_expires():
     fake = FakeShopify(
-        make_orders(30, start=START), access_token=None, client_id="app", client_secret="sec", token_ttl_s=1.0
+        make_orders(30, start=START), access_token=None, client_id="app", client_secret="sec", token_ttl_s=600
     )
-    with fake, api_reader(fake, client_id="app", client_secret="sec") as reader:
+    skew = {"s": 0.0}
+    with (
+        fake,
+        api_reader(
+            fake, client_id="app", client_secret="sec", clock=lambda: time.monotonic() + skew["s"]
+        ) as reader,
+    ):
         read_all(reader)
-        time.sleep(0.95)  # within the last tenth of the token's life
+        skew["s"] = 590.0  # ten minutes later by the client's clock: the token has 10 s left
         read_all(reader)
-    assert fake.stats.token_requests == 2
+        assert fake.stats.token_requests == 2
+        skew["s"] = 591.0
+        read_all(reader)
+    assert fake.stats.token_requests == 2  # the fresh token is good for another 10 minutes
     assert fake.stats.unauthorized == 0  # renewed ahead, never refused
 
 

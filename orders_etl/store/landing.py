@@ -125,16 +125,23 @@ def iter_raw(
 ) -> Iterator[list[LandedRecord]]:
     """Landed records of ``source`` whose ``updated_at`` is in ``[start, end)``, in chunks.
 
-    Every landed version is returned (oldest first); the upsert keeps the newest.
+    Every landed version is returned (oldest first); the upsert keeps the newest. Records
+    without ``updated_at`` are part of every window.
     """
     query = sa.select(
         raw_orders.c.record_key, raw_orders.c.updated_at, raw_orders.c.payload, raw_orders.c.raw_id
     )
     query = query.where(raw_orders.c.source == source)
+    in_window = []
     if start is not None:
-        query = query.where(raw_orders.c.updated_at >= start)
+        in_window.append(raw_orders.c.updated_at >= start)
     if end is not None:
-        query = query.where(raw_orders.c.updated_at < end)
+        in_window.append(raw_orders.c.updated_at < end)
+    if in_window:
+        # A record without a source timestamp (e.g. an unparsable line) belongs to no day:
+        # it is returned with every window, so it is always rejected with its reason
+        # (rejects are keyed per record, so that is idempotent).
+        query = query.where(sa.or_(sa.and_(*in_window), raw_orders.c.updated_at.is_(None)))
     query = query.order_by(raw_orders.c.raw_id)
     with reading(engine).connect() as conn:
         result = conn.execution_options(yield_per=chunk_size).execute(query)

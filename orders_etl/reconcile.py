@@ -131,6 +131,9 @@ class ReconcileConfig:
         object.__setattr__(self, "tolerance_minor_units", MappingProxyType(dict(self.tolerance_minor_units)))
 
 
+DEFAULT_CONFIG = ReconcileConfig()
+
+
 @dataclass(frozen=True)
 class ReconcileResult:
     """What one reconciliation found.
@@ -528,7 +531,7 @@ def reconcile(
     erp: pd.DataFrame,
     *,
     now: datetime,
-    config: ReconcileConfig = ReconcileConfig(),
+    config: ReconcileConfig = DEFAULT_CONFIG,
 ) -> ReconcileResult:
     """Compare the Shopify side with the ERP side (see the module docstring for the rules)."""
     if now.tzinfo is None or now.utcoffset() is None:

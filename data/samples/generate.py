@@ -147,6 +147,7 @@ SHIPPING = (
     (None, None, "PICKUP"),
 )
 SHIPPING_WEIGHTS = (40, 25, 15, 12, 8)
+SUBTOTAL = {"USD": (500, 40_000), "EUR": (500, 40_000), "JPY": (500, 60_000), "KWD": (1_000, 150_000)}
 SHIPPING_FEE = {"USD": (0, 499, 999), "EUR": (0, 495, 990), "JPY": (0, 800), "KWD": (0, 2_000)}
 
 # Customers, many names not ASCII (all of it representable in cp1252).
@@ -214,12 +215,9 @@ def _bases(n: int, seed: int) -> Iterator[Base]:
         else:
             financial, fulfillment, cancelled, _ = rng.choices(SCENARIOS, SCENARIO_WEIGHTS)[0]
         currency = rng.choices(SHOP_CURRENCIES, CURRENCY_WEIGHTS)[0]
-        subtotal = {
-            "USD": rng.randrange(500, 40_000),
-            "EUR": rng.randrange(500, 40_000),
-            "JPY": rng.randrange(500, 60_000),
-            "KWD": rng.randrange(1_000, 150_000),
-        }[currency]
+        low, high = SUBTOTAL[currency]
+        # Mostly everyday baskets, some large orders (thousands separators in the export).
+        subtotal = rng.randrange(low, high) if rng.random() < 0.85 else rng.randrange(high, high * 10)
         shipping = rng.choices(range(len(SHIPPING)), SHIPPING_WEIGHTS)[0]
         fee = 0 if SHIPPING[shipping][0] is None else rng.choice(SHIPPING_FEE[currency])
         numerator, denominator = TAX_RATE[currency]
@@ -315,9 +313,12 @@ def make_plan(n: int, seed: int) -> Plan:
         financial.append(base.financial)
     rng = random.Random(seed ^ 0x5EED)
     plan = Plan()
-    # The first orders show every status: keep them as ordinary, valid orders.
-    free = list(range(len(SCENARIOS), n))
+    # The first orders show every status: they are never test or malformed records, and carry
+    # a planted ERP difference only when no other order qualifies (they come last in line).
+    shown = len(SCENARIOS)
+    free = list(range(shown, n))
     rng.shuffle(free)
+    free += rng.sample(range(shown), shown)
 
     used: set[int] = set()
 
@@ -331,8 +332,8 @@ def make_plan(n: int, seed: int) -> Plan:
                 used.add(i)
         return chosen
 
-    plan.tests = set(take(_count(n, 0.02, 4)))
-    for k, i in enumerate(take(_count(n, 0.005, len(MALFORMED)))):
+    plan.tests = set(take(_count(n, 0.02, 4), lambda i: i >= shown))
+    for k, i in enumerate(take(_count(n, 0.005, len(MALFORMED)), lambda i: i >= shown)):
         plan.malformed[i] = MALFORMED[k % len(MALFORMED)]
 
     def plant(kind: str, count: int, accept: Callable[[int], bool] = lambda i: True) -> None:

@@ -238,3 +238,23 @@ def test_analyst_views_show_open_exceptions_with_age(store: OrderStore) -> None:
     assert {number for _, _, number, _, _ in view} == {"#0", "#1", "#2", "#3"}
     assert sorted(aging) == sorted([(">30 d", 1), ("7–30 d", 1), ("1–7 d", 1), ("0–1 d", 1)])
     assert daily == [("USD", 4, 4)]
+
+
+def test_amounts_stored_off_their_exponent_are_still_read_exactly(store: OrderStore) -> None:
+    # The store always writes amounts at the currency's exponent; a row written by hand may not.
+    store.upsert(
+        "shopify", [rec("a", total_amount="12.30"), rec("b", total_amount="10.00", tax_amount="1.50")]
+    )
+    update = "UPDATE source_orders SET {} = :amount WHERE external_id = :id"
+    with store.engine.begin() as conn:  # text, so that PostgreSQL keeps the scale it is given
+        conn.execute(sa.text(update.format("total_amount")), {"amount": "12.3", "id": "a"})
+        conn.execute(sa.text(update.format("tax_amount")), {"amount": "15E-1", "id": "b"})
+    shopify, _ = load_sides(store)
+    units = dict(
+        zip(
+            shopify["external_id"],
+            zip(shopify["total_amount_minor"], shopify["tax_amount_minor"], strict=True),
+            strict=True,
+        )
+    )
+    assert units == {"a": (1230, 800), "b": (1000, 150)}

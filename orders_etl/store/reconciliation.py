@@ -18,7 +18,7 @@ reconciled in bounded memory.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -65,16 +65,6 @@ _LEDGER_FIELDS = (
     "erp_value",
     "difference",
 )
-_LOADED = (
-    "source",
-    "external_id",
-    "currency",
-    "created_at",
-    "updated_at",
-    "deleted_at",
-    "payment_status",
-    *MONEY_COLUMNS,
-)
 
 
 @dataclass(frozen=True)
@@ -118,61 +108,139 @@ class ReconciliationOutcome:
 # Loading both sides
 
 
-def _raw(column: sa.Column) -> sa.ColumnElement[Any]:
-    # Skip the per-row Python type processing (strptime on SQLite): the chunk is converted
-    # column-wise below, which is what makes loading millions of rows affordable.
-    return sa.type_coerce(column, sa.String).label(column.name)
+_ERP_SOURCES = [s.value for s in ERP_SOURCES]
+_SOURCE_NAMES = np.array([Source.SHOPIFY.value, *_ERP_SOURCES, None], dtype=object)
+# What is read per order. The source comes as a small integer (index into _SOURCE_NAMES, -1 for
+# any other) and updated_at only where created_at is missing (its one use: the day fallback),
+# which spares the driver millions of string objects.
+_FIELDS = {
+    "source": "CASE source "
+    + " ".join(f"WHEN '{name}' THEN {i}" for i, name in enumerate(_SOURCE_NAMES[:-1]))
+    + " ELSE -1 END",
+    "external_id": "external_id",
+    "currency": "currency",
+    "created_at": "created_at",
+    "updated_at": "CASE WHEN created_at IS NULL THEN updated_at END",
+    "deleted_at": "deleted_at",
+    "payment_status": "payment_status",
+}
 
 
-def _utc(values: list[Any], sqlite: bool) -> pd.DatetimeIndex:
+# Marks an amount the fast path cannot take (outside any valid amount's minor units).
+_EXACT_PATH = -(2**62) - 1
+
+
+def _money_sql(column: str, dialect: str) -> str:
+    """Two SQL columns for one amount, computed by the database: its digits and its scale.
+
+    The amount is ``digits × 10^-scale``. The store writes every amount at its currency's
+    exponent, so the digits are its minor units and Python builds no Decimal per row.
+    Anything unusual (exponent notation, too many digits) gives ``_EXACT_PATH`` as digits,
+    and such an amount, like one whose scale is not its currency's exponent, is read again
+    as Decimal and converted exactly.
+    """
+    if dialect == "sqlite":  # exact decimal text, e.g. '-12.30'
+        odd = f"{column} GLOB '*[^0-9.-]*' OR {column} GLOB '?*-*' OR LENGTH({column}) > 18"
+        digits = f"CAST(REPLACE({column}, '.', '') AS INTEGER)"
+        scale = f"CASE WHEN INSTR({column}, '.') = 0 THEN 0 ELSE LENGTH({column}) - INSTR({column}, '.') END"
+    else:  # NUMERIC keeps the scale it was given
+        odd = f"scale({column}) > 4 OR abs({column}) >= 1e14"
+        digits = f"({column} * power(10::numeric, scale({column})))::bigint"
+        scale = f"scale({column})"
+    return f"CASE WHEN {odd} THEN {_EXACT_PATH} ELSE {digits} END, {scale}"
+
+
+def _load_sql(dialect: str) -> str:
+    money = ", ".join(_money_sql(name, dialect) for name in MONEY_COLUMNS)
+    # A full scan in table order: filtering on source here would make SQLite walk the
+    # primary-key index instead; other sources (none today) are dropped in load_sides.
+    return f"SELECT {', '.join(_FIELDS.values())}, {money} FROM source_orders"
+
+
+def _utc(values: Sequence[Any], sqlite: bool) -> pd.DatetimeIndex:
     if sqlite:  # fixed-width UTC text, see orders_etl.store.types
-        return pd.DatetimeIndex(pd.to_datetime(values, format=SQLITE_DATETIME_FORMAT)).tz_localize("UTC")
-    return pd.DatetimeIndex(pd.to_datetime(values, utc=True)).as_unit("ns")
+        return pd.DatetimeIndex(pd.to_datetime(list(values), format=SQLITE_DATETIME_FORMAT)).tz_localize(
+            "UTC"
+        )
+    return pd.DatetimeIndex(pd.to_datetime(list(values), utc=True)).as_unit("ns")
 
 
-def _chunk_frame(rows: list[Any], sqlite: bool) -> pd.DataFrame:
-    columns = {name: list(values) for name, values in zip(_LOADED, zip(*rows, strict=True), strict=False)}
-    if not rows:
-        columns = {name: [] for name in _LOADED}
-    currency = np.asarray(columns["currency"], dtype=object)
+def _exact_units(
+    store: OrderStore, keys: list[tuple[str, str]], name: str, exponents: np.ndarray
+) -> np.ndarray:
+    """Minor units of amounts outside the fast path, read as Decimal and converted exactly."""
+    amounts = []
+    with store.engine.connect() as conn:
+        for source, external_id in keys:
+            amounts.append(
+                conn.execute(
+                    sa.select(source_orders.c[name]).where(
+                        source_orders.c.source == source, source_orders.c.external_id == external_id
+                    )
+                ).scalar_one()
+            )
+    return to_minor_units(amounts, exponents).to_numpy(dtype=np.int64)
+
+
+def _chunk_frame(store: OrderStore, rows: Sequence[tuple[Any, ...]]) -> pd.DataFrame:
+    sqlite = store.engine.dialect.name == "sqlite"
+    width = len(_FIELDS) + 2 * len(MONEY_COLUMNS)
+    columns = list(zip(*rows, strict=True)) if rows else [()] * width
+    fields = dict(zip(_FIELDS, columns, strict=False))
+    currency = np.asarray(fields["currency"], dtype=object)
     exponents = currency_exponents(currency)
     frame = pd.DataFrame(
         {
-            "source": np.asarray(columns["source"], dtype=object),
-            "external_id": np.asarray(columns["external_id"], dtype=object),
+            "source": _SOURCE_NAMES[np.asarray(fields["source"], dtype=np.int64)],
+            "external_id": np.asarray(fields["external_id"], dtype=object),
             "currency": currency,
-            "created_at": _utc(columns["created_at"], sqlite),
-            "updated_at": _utc(columns["updated_at"], sqlite),
-            "deleted_at": _utc(columns["deleted_at"], sqlite),
-            "payment_status": np.asarray(columns["payment_status"], dtype=object),
+            "created_at": _utc(fields["created_at"], sqlite),
+            "updated_at": _utc(fields["updated_at"], sqlite),
+            "deleted_at": _utc(fields["deleted_at"], sqlite),
+            "payment_status": np.asarray(fields["payment_status"], dtype=object),
         }
     )
-    for name in MONEY_COLUMNS:
-        frame[f"{name}_minor"] = to_minor_units(np.asarray(columns[name], dtype=object), exponents)
+    for k, name in enumerate(MONEY_COLUMNS):
+        digits = pd.array(columns[len(_FIELDS) + 2 * k], dtype="Int64")
+        scale = pd.array(columns[len(_FIELDS) + 2 * k + 1], dtype="Int64")
+        absent = np.asarray(scale.isna(), dtype=bool)
+        units = digits.to_numpy(dtype=np.int64, na_value=0)
+        odd = (units == _EXACT_PATH) | (scale.to_numpy(dtype=np.int64, na_value=-1) != exponents)
+        slow = np.flatnonzero(~absent & odd)
+        if len(slow):
+            keys = list(
+                zip(frame["source"].to_numpy()[slow], frame["external_id"].to_numpy()[slow], strict=True)
+            )
+            units[slow] = _exact_units(store, keys, name, exponents[slow])
+        frame[f"{name}_minor"] = pd.arrays.IntegerArray(np.where(absent, 0, units), absent)
     return frame
 
 
 def _chunks(store: OrderStore) -> Iterator[pd.DataFrame]:
-    sources = [Source.SHOPIFY.value, *(s.value for s in ERP_SOURCES)]
-    query = sa.select(*(_raw(source_orders.c[name]) for name in _LOADED)).where(
-        source_orders.c.source.in_(sources)
-    )
-    sqlite = store.engine.dialect.name == "sqlite"
+    """source_orders of both sides, streamed in chunks straight from the driver's cursor."""
+    dialect = store.engine.dialect.name
     with store.engine.connect() as conn:
-        result = conn.execution_options(stream_results=True, yield_per=LOAD_CHUNK_SIZE).execute(query)
-        for rows in result.partitions():
-            yield _chunk_frame(rows, sqlite)
+        driver = conn.connection.driver_connection
+        if dialect == "sqlite":
+            cursor = driver.cursor()  # type: ignore[union-attr]
+        else:  # a server-side cursor: PostgreSQL sends the rows as they are fetched
+            cursor = driver.cursor(name="orders_etl_reconciliation_load")  # type: ignore[union-attr]
+        try:
+            cursor.execute(_load_sql(dialect))
+            while rows := cursor.fetchmany(LOAD_CHUNK_SIZE):
+                yield _chunk_frame(store, rows)
+        finally:
+            cursor.close()
 
 
 def load_sides(store: OrderStore) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The Shopify side and the ERP side (Business Central and flat files) of source_orders."""
-    sqlite = store.engine.dialect.name == "sqlite"
-    shopify: list[pd.DataFrame] = [_chunk_frame([], sqlite)]
-    erp: list[pd.DataFrame] = [_chunk_frame([], sqlite)]
+    shopify: list[pd.DataFrame] = [_chunk_frame(store, [])]
+    erp: list[pd.DataFrame] = [_chunk_frame(store, [])]
     for chunk in _chunks(store):
-        is_shopify = (chunk["source"] == Source.SHOPIFY.value).to_numpy()
-        shopify.append(chunk[is_shopify])
-        erp.append(chunk[~is_shopify])
+        source = chunk["source"].to_numpy(dtype=object)
+        shopify.append(chunk[source == Source.SHOPIFY.value])
+        erp.append(chunk[np.isin(source, _ERP_SOURCES)])
     return (
         pd.concat(shopify, ignore_index=True).drop(columns="source"),
         pd.concat(erp, ignore_index=True),

@@ -37,7 +37,7 @@ Input frames hold source_orders rows (``OrderStore.read_table`` output works as 
 ``external_id``, ``currency``, ``created_at``, ``payment_status`` and the money columns
 ``total_amount``, ``tax_amount``, ``refunded_amount`` as exact ``Decimal`` (or decimal strings).
 A money column may instead be given as ``<name>_minor``: integers of the currency's minor unit
-(what the store loader streams: five times smaller in memory than Decimal objects).
+(what the store loader streams: a tenth of the memory of Decimal objects).
 Optional: ``updated_at``, ``deleted_at``, and ``source`` on the ERP side.
 """
 
@@ -55,6 +55,7 @@ import numpy as np
 import pandas as pd
 
 from orders_etl.currencies import exponent_of, is_iso_currency
+from orders_etl.model import ERP_SOURCES
 
 KINDS: tuple[str, ...] = (
     "missing_in_erp",
@@ -95,7 +96,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
 _PAYMENT_CODES: tuple[str, ...] = ("authorized", "captured", "refunded", "voided")
 _AUTHORIZED, _NULL = 1, 0
 # Business Central first: when both ERP sources hold an order, the API's record wins.
-ERP_SOURCE_PRECEDENCE: tuple[str, ...] = ("business_central", "erp_files")
+ERP_SOURCE_PRECEDENCE: tuple[str, ...] = tuple(source.value for source in ERP_SOURCES)
 _DAY_NS = 86_400 * 10**9
 # Amounts stay below 2**62 minor units so that a difference of two never overflows int64.
 _MAX_UNITS = 2**62
@@ -403,7 +404,7 @@ def _duplicates(ids: pd.Series, rows: np.ndarray) -> list[str]:
 
 
 def _match(shop: _Side, books: _Side) -> _Match:
-    ids = pd.concat([shop.ids.astype(object), books.ids.astype(object)], ignore_index=True)
+    ids = pd.concat([shop.ids, books.ids], ignore_index=True)
     codes, uniques = pd.factorize(ids, use_na_sentinel=True)
     if (codes < 0).any():
         raise ValueError("some rows have no external_id")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -484,3 +486,12 @@ def test_inputs_are_checked() -> None:
         reconcile(good.assign(total_amount=[10.0]), good, now=NOW)
     with pytest.raises(ValueError, match="lacks columns"):
         reconcile(good.drop(columns="tax_amount"), good, now=NOW)
+
+
+def test_reconcile_is_pure_logic() -> None:
+    code = (
+        "import sys, orders_etl.reconcile\n"
+        "print(sorted(m for m in ('dagster', 'httpx', 'sqlalchemy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -33,7 +33,9 @@ def postgres_unavailable() -> str | None:
             engine.dispose()
             _pg_status["reason"] = None
         except Exception as exc:  # any failure to connect means "not here"
-            _pg_status["reason"] = f"PostgreSQL at {sa.make_url(PG_URL).render_as_string()} unreachable: {type(exc).__name__}"
+            _pg_status["reason"] = (
+                f"PostgreSQL at {sa.make_url(PG_URL).render_as_string()} unreachable: {type(exc).__name__}"
+            )
     return _pg_status["reason"]
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 
 from orders_etl.model import OrderRecord, Reject, Source
 from orders_etl.store import landing
-from orders_etl.store.engine import create_store_engine, database_url_from_env, masked_url
+from orders_etl.store.engine import create_store_engine, database_url_from_env, masked_url, reading
 from orders_etl.store.landing import LandedRecord, RawRecord
 from orders_etl.store.migrate import ensure_schema
 from orders_etl.store.schema import ORDER_FIELDS, orders, source_orders
@@ -87,7 +87,7 @@ class OrderStore:
         source = Source(source).value
         columns = [source_orders.c.external_id, *(source_orders.c[f] for f in ORDER_FIELDS)]
         found: list[OrderRecord] = []
-        with self.engine.connect() as conn:
+        with reading(self.engine).connect() as conn:
             for start in range(0, len(external_ids), 500):
                 batch = external_ids[start : start + 500]
                 rows = conn.execute(
@@ -102,7 +102,7 @@ class OrderStore:
         """Shopify ``name`` (e.g. ``#1001``) -> numeric ``external_id``, for names the store knows."""
         wanted = sorted(set(names))
         found: dict[str, str] = {}
-        with self.engine.connect() as conn:
+        with reading(self.engine).connect() as conn:
             for start in range(0, len(wanted), 500):
                 rows = conn.execute(
                     sa.select(source_orders.c.number, source_orders.c.external_id).where(
@@ -115,7 +115,9 @@ class OrderStore:
 
     # -- raw landing, rejects, cursors --------------------------------------------------
 
-    def land_raw(self, source: str | Source, records: Iterable[RawRecord], *, run_id: str | None = None) -> int:
+    def land_raw(
+        self, source: str | Source, records: Iterable[RawRecord], *, run_id: str | None = None
+    ) -> int:
         return landing.land_raw(self.engine, Source(source).value, records, run_id=run_id)
 
     def iter_raw(
@@ -129,7 +131,9 @@ class OrderStore:
     def high_water_mark(self, source: str | Source) -> datetime | None:
         return landing.high_water_mark(self.engine, Source(source).value)
 
-    def advance_high_water_mark(self, source: str | Source, mark: datetime, *, run_id: str | None = None) -> datetime:
+    def advance_high_water_mark(
+        self, source: str | Source, mark: datetime, *, run_id: str | None = None
+    ) -> datetime:
         return landing.advance_high_water_mark(self.engine, Source(source).value, mark, run_id=run_id)
 
     # -- reading ------------------------------------------------------------------------
@@ -140,10 +144,10 @@ class OrderStore:
         query = sa.select(table)
         if where is not None:
             query = query.where(where)
-        with self.engine.connect() as conn:
+        with reading(self.engine).connect() as conn:
             rows = conn.execute(query).all()
         return pd.DataFrame(rows, columns=[c.name for c in table.columns])
 
     def count(self, table: str) -> int:
-        with self.engine.connect() as conn:
+        with reading(self.engine).connect() as conn:
             return conn.execute(sa.select(sa.func.count()).select_from(sa.table(table))).scalar_one()

@@ -5,7 +5,9 @@ SQLite notes (why each setting):
   for the lock instead of failing with "database is locked".
 * Every transaction starts with ``BEGIN IMMEDIATE``: a writer takes the write lock before
   it reads what it is about to overwrite, so two syncs cannot interleave a read-compare-
-  write and lose an update (pysqlite's default deferred BEGIN would let them).
+  write and lose an update (pysqlite's default deferred BEGIN would let them). Pure reads
+  go through :func:`reading`, whose deferred transactions take no write lock: a process
+  streaming rows out of the store can write to it at the same time.
 * ``decimal_sum(x)`` sums money text exactly (SQLite's own SUM goes through float).
 """
 
@@ -70,7 +72,8 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: sa.Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = connection.get_execution_options().get(_READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def create_store_engine(url: str | sa.URL | None = None, **kwargs: Any) -> Engine:
@@ -88,6 +91,14 @@ def create_store_engine(url: str | sa.URL | None = None, **kwargs: Any) -> Engin
         sa_url = sa_url.set(drivername="postgresql+psycopg")
     kwargs.setdefault("pool_pre_ping", True)
     return sa.create_engine(sa_url, **kwargs)
+
+
+_READ_ONLY = "orders_etl_read_only"
+
+
+def reading(engine: Engine) -> Engine:
+    """The same engine for read-only work: on SQLite its transactions take no write lock."""
+    return engine.execution_options(**{_READ_ONLY: True})
 
 
 def is_sqlite(engine: Engine | sa.Connection) -> bool:

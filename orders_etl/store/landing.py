@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from orders_etl.model import Reject
+from orders_etl.store.engine import reading
 from orders_etl.store.schema import order_rejects, raw_orders, sync_state
 
 LANDING_CHUNK_SIZE = 5_000
@@ -54,7 +55,9 @@ def dump_payload(payload: Any) -> str:
     """Canonical JSON (sorted keys, no spaces): equal payloads give equal text and hash."""
     if isinstance(payload, str):
         return payload
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+    return json.dumps(
+        payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default
+    )
 
 
 def load_payload(text: str) -> Any:
@@ -103,10 +106,12 @@ def land_raw(
                 }
             )
         with engine.begin() as conn:
-            statement = _insert(conn, raw_orders).on_conflict_do_nothing(
-                index_elements=["source", "record_key", "payload_hash"]
+            statement = (
+                _insert(conn, raw_orders)
+                .on_conflict_do_nothing(index_elements=["source", "record_key", "payload_hash"])
+                .returning(raw_orders.c.raw_id)
             )
-            landed += conn.execute(statement, rows).rowcount
+            landed += len(conn.execute(statement, rows).all())
     return landed
 
 
@@ -120,19 +125,31 @@ def iter_raw(
 ) -> Iterator[list[LandedRecord]]:
     """Landed records of ``source`` whose ``updated_at`` is in ``[start, end)``, in chunks.
 
-    Every landed version is returned (oldest first); the upsert keeps the newest.
+    Every landed version is returned (oldest first); the upsert keeps the newest. Records
+    without ``updated_at`` are part of every window.
     """
-    query = sa.select(raw_orders.c.record_key, raw_orders.c.updated_at, raw_orders.c.payload, raw_orders.c.raw_id)
+    query = sa.select(
+        raw_orders.c.record_key, raw_orders.c.updated_at, raw_orders.c.payload, raw_orders.c.raw_id
+    )
     query = query.where(raw_orders.c.source == source)
+    in_window = []
     if start is not None:
-        query = query.where(raw_orders.c.updated_at >= start)
+        in_window.append(raw_orders.c.updated_at >= start)
     if end is not None:
-        query = query.where(raw_orders.c.updated_at < end)
+        in_window.append(raw_orders.c.updated_at < end)
+    if in_window:
+        # A record without a source timestamp (e.g. an unparsable line) belongs to no day:
+        # it is returned with every window, so it is always rejected with its reason
+        # (rejects are keyed per record, so that is idempotent).
+        query = query.where(sa.or_(sa.and_(*in_window), raw_orders.c.updated_at.is_(None)))
     query = query.order_by(raw_orders.c.raw_id)
-    with engine.connect() as conn:
+    with reading(engine).connect() as conn:
         result = conn.execution_options(yield_per=chunk_size).execute(query)
         for partition in result.partitions(chunk_size):
-            yield [LandedRecord(key, updated, load_payload(payload), raw_id) for key, updated, payload, raw_id in partition]
+            yield [
+                LandedRecord(key, updated, load_payload(payload), raw_id)
+                for key, updated, payload, raw_id in partition
+            ]
 
 
 def record_rejects(engine: Engine, rejects: Iterable[Reject], *, run_id: str | None = None) -> int:
@@ -170,13 +187,15 @@ def record_rejects(engine: Engine, rejects: Iterable[Reject], *, run_id: str | N
 
 
 def high_water_mark(engine: Engine, source: str) -> datetime | None:
-    with engine.connect() as conn:
+    with reading(engine).connect() as conn:
         return conn.execute(
             sa.select(sync_state.c.high_water_mark).where(sync_state.c.source == source)
         ).scalar_one_or_none()
 
 
-def advance_high_water_mark(engine: Engine, source: str, mark: datetime, *, run_id: str | None = None) -> datetime:
+def advance_high_water_mark(
+    engine: Engine, source: str, mark: datetime, *, run_id: str | None = None
+) -> datetime:
     """Move the cursor forward to ``mark`` (never backwards); call only after the data committed."""
     now = datetime.now(UTC)
     with engine.begin() as conn:

@@ -115,9 +115,7 @@ def upgrade() -> None:
         sa.Column("last_detected_at", UtcDateTime, nullable=False),
         sa.Column("resolved_at", UtcDateTime),
     )
-    op.create_index(
-        "ix_reconciliation_exceptions_open", "reconciliation_exceptions", ["resolved_at", "kind"]
-    )
+    op.create_index("ix_reconciliation_exceptions_open", "reconciliation_exceptions", ["resolved_at", "kind"])
 
     op.create_table(
         "reconciliation_summary",

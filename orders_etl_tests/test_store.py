@@ -1,0 +1,311 @@
+"""The order store on SQLite and PostgreSQL: schema, exact money, UTC time, guarded upsert."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from orders_etl.model import Reject
+from orders_etl.store import OrderStore, RawRecord
+from orders_etl.store.engine import create_store_engine, masked_url
+from orders_etl.store.schema import metadata, orders, source_orders
+from orders_etl_tests.factories import BASE_TIME, order
+
+LATER = BASE_TIME + timedelta(hours=1)
+
+
+def _rows(store: OrderStore, table: sa.Table, *columns: str) -> list[tuple]:
+    with store.engine.connect() as conn:
+        return [
+            tuple(r)
+            for r in conn.execute(
+                sa.select(*(table.c[c] for c in columns)).order_by(*(table.c[c] for c in columns))
+            )
+        ]
+
+
+def test_migrations_create_exactly_the_declared_schema(store: OrderStore) -> None:
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+
+
+def test_money_round_trips_with_the_currency_exponent(store: OrderStore) -> None:
+    store.upsert("shopify", [
+        order("jpy", currency="JPY", total_amount="1500", tax_amount="136"),
+        order("usd", currency="USD", total_amount="12.30", tax_amount="0.05"),
+        order("kwd", currency="KWD", total_amount="1.250", tax_amount="0.125", refunded_amount="0.005"),
+    ])  # fmt: skip
+    got = {
+        r[0]: r[1:]
+        for r in _rows(store, orders, "external_id", "total_amount", "tax_amount", "refunded_amount")
+    }
+    assert [str(v) if v is not None else None for v in got["jpy"]] == ["1500", "136", None]
+    assert [str(v) if v is not None else None for v in got["usd"]] == ["12.30", "0.05", None]
+    assert [str(v) for v in got["kwd"]] == ["1.250", "0.125", "0.005"]
+    assert all(isinstance(v, Decimal) for v in got["kwd"])
+
+
+def test_sums_never_lose_a_cent(store: OrderStore) -> None:
+    # 0.1 + 0.2 style amounts that binary floats cannot hold, plus one big amount.
+    records = [order(i, total_amount="0.01", tax_amount="0.10") for i in range(1000)]
+    records.append(order("big", total_amount="999999999999.99", tax_amount="0.20"))
+    store.upsert("shopify", records)
+    total_sum = "decimal_sum" if store.engine.dialect.name == "sqlite" else "sum"
+    with store.engine.connect() as conn:
+        total, tax = conn.execute(
+            sa.text(f"SELECT {total_sum}(total_amount), {total_sum}(tax_amount) FROM orders")
+        ).one()
+    assert Decimal(str(total)) == Decimal("1000000000009.99")
+    assert str(total) == "1000000000009.99"
+    assert Decimal(str(tax)) == Decimal("100.20")
+
+
+def test_timestamps_round_trip_as_utc(store: OrderStore) -> None:
+    from datetime import timezone
+
+    tokyo = timezone(timedelta(hours=9))
+    created = datetime(2026, 3, 1, 9, 30, 15, 123456, tzinfo=tokyo)
+    store.upsert("shopify", [order(1, created_at=created)])
+    (stored,) = _rows(store, orders, "created_at")[0]
+    assert stored == created
+    assert stored.utcoffset() == timedelta(0)
+    assert stored.hour == 0 and stored.microsecond == 123456
+
+
+def test_upsert_counts_and_newest_wins(store: OrderStore) -> None:
+    first = store.upsert("shopify", [order(1), order(2), order(1, updated_at=BASE_TIME - timedelta(hours=1))])
+    assert first.as_dict() == {"inserted": 2, "updated": 0, "unchanged": 0, "stale": 1}
+    again = store.upsert("shopify", [order(1), order(2)])
+    assert again.as_dict() == {"inserted": 0, "updated": 0, "unchanged": 2, "stale": 0}
+    newer = store.upsert(
+        "shopify",
+        [
+            order(1, updated_at=LATER, total_amount="120.00"),
+            order(2, updated_at=BASE_TIME - timedelta(days=1)),
+        ],
+    )
+    assert newer.as_dict() == {"inserted": 0, "updated": 1, "unchanged": 0, "stale": 1}
+    assert _rows(store, orders, "external_id", "total_amount") == [
+        ("1", Decimal("120.00")),
+        ("2", Decimal("100.00")),
+    ]
+    # An older replay after that changes nothing.
+    replay = store.upsert("shopify", [order(1, total_amount="1.00")])
+    assert replay.stale == 1
+    assert _rows(store, source_orders, "external_id", "total_amount") == [
+        ("1", Decimal("120.00")),
+        ("2", Decimal("100.00")),
+    ]
+
+
+def test_tie_on_updated_at_is_broken_by_content_not_arrival(store_url: str) -> None:
+    a, b = order(1, total_amount="1.00"), order(1, total_amount="2.00")
+    results = []
+    for versions in ([a, b], [b, a]):
+        for batch in ([versions], [[versions[0]], [versions[1]]]):
+            store = OrderStore(create_store_engine(store_url))
+            with store.engine.begin() as conn:
+                conn.execute(orders.delete())
+                conn.execute(source_orders.delete())
+            for chunk in batch:
+                store.upsert("shopify", chunk)
+            results.append(_rows(store, orders, "total_amount")[0][0])
+            store.dispose()
+    assert len(set(results)) == 1
+
+
+def test_unchanged_orders_are_not_rewritten_and_ids_are_stable(store: OrderStore) -> None:
+    store.upsert("shopify", [order(i) for i in range(10)])
+    before = _rows(store, orders, "id", "external_id", "synced_at")
+    counts = store.upsert("shopify", [order(i) for i in range(10)])
+    assert counts.unchanged == 10
+    assert _rows(store, orders, "id", "external_id", "synced_at") == before
+    store.upsert("shopify", [order(3, updated_at=LATER, status="shipped")])
+    after = _rows(store, orders, "id", "external_id")
+    assert after == [(i, e) for i, e, _ in before]
+    assert all(i.startswith("ord_") and len(i) == 30 for i, _ in after)
+
+
+def test_golden_record_origin_wins_and_others_fill_nulls(store: OrderStore) -> None:
+    store.upsert("shopify", [order(1, tracking_number=None, customer_id=None, tax_amount=None)])
+    bc_one = order(
+        1, number="SO-1", total_amount="99.00", tax_amount="7.00", tracking_number="1Z999", customer_id="C-9"
+    )
+    store.upsert("business_central", [bc_one, order(2, number="SO-2")])
+    golden = {
+        r[0]: r[1:]
+        for r in _rows(
+            store,
+            orders,
+            "external_id",
+            "number",
+            "origin",
+            "total_amount",
+            "tax_amount",
+            "tracking_number",
+            "customer_id",
+        )
+    }
+    # Shopify is the origin: its values win, BC fills the null tax and tracking number, but
+    # never the origin's own identifiers (number, customer_id).
+    assert golden["1"] == ("#1", "shopify", Decimal("100.00"), Decimal("7.00"), "1Z999", None)
+    # An ERP-only order is owned by the ERP.
+    assert golden["2"][:2] == ("SO-2", "business_central")
+
+
+def test_erp_first_then_shopify_takes_over_the_golden_record(store: OrderStore) -> None:
+    store.upsert("erp_files", [order(1, number="SO-1", customer_id="C-1")])
+    (before_id,) = _rows(store, orders, "id")[0]
+    store.upsert("shopify", [order(1, customer_id=None)])
+    assert _rows(store, orders, "id", "number", "origin", "customer_id") == [
+        (before_id, "#1", "shopify", None)
+    ]
+
+
+def test_mark_deleted_keeps_the_row(store: OrderStore) -> None:
+    store.upsert("shopify", [order(1), order(2)])
+    deleted_at = LATER
+    counts = store.mark_deleted("shopify", {"1": deleted_at, "never-seen": deleted_at})
+    assert counts.updated == 1
+    assert _rows(store, orders, "external_id", "deleted_at") == [("1", deleted_at), ("2", None)]
+    # Re-syncing the order's pre-deletion version does not resurrect it.
+    assert store.upsert("shopify", [order(1)]).stale == 1
+
+
+def test_a_failing_stream_commits_whole_chunks_only_and_can_be_rerun(store: OrderStore) -> None:
+    def chunks(fail_after: int | None):
+        for n in range(5):
+            if fail_after is not None and n == fail_after:
+                raise RuntimeError("source went away")
+            yield [order(f"{n}-{i}") for i in range(100)]
+
+    with pytest.raises(RuntimeError):
+        store.upsert_chunks("shopify", chunks(fail_after=3))
+    assert store.count("source_orders") == store.count("orders") == 300
+    counts = store.upsert_chunks("shopify", chunks(fail_after=None))
+    assert (counts.inserted, counts.unchanged) == (200, 300)
+    assert store.count("source_orders") == store.count("orders") == 500
+
+
+def test_a_statement_failing_mid_chunk_rolls_the_chunk_back(store: OrderStore) -> None:
+    store.upsert("shopify", [order(1)])
+    # A trigger makes the golden write fail for key 3, after its source row was written.
+    if store.engine.dialect.name == "sqlite":
+        trigger = (
+            "CREATE TRIGGER refuse BEFORE INSERT ON orders WHEN NEW.external_id = '3' "
+            "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+        with store.engine.begin() as conn:
+            conn.execute(sa.text(trigger))
+    else:
+        with store.engine.begin() as conn:
+            refuse = (
+                "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN "
+                "IF NEW.external_id = '3' THEN RAISE EXCEPTION 'refused'; END IF; "
+                "RETURN NEW; END $$ LANGUAGE plpgsql"
+            )
+            conn.execute(sa.text(refuse))
+            conn.execute(
+                sa.text(
+                    "CREATE TRIGGER refuse BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION refuse()"
+                )
+            )
+    with pytest.raises(sa.exc.DBAPIError):
+        store.upsert("shopify", [order(2), order(3), order(1, updated_at=LATER, status="shipped")])
+    assert _rows(store, source_orders, "external_id", "status") == [("1", "processing")]
+    assert _rows(store, orders, "external_id") == [("1",)]
+
+
+def test_raw_landing_is_idempotent(store: OrderStore) -> None:
+    records = [
+        RawRecord("1", BASE_TIME, {"id": 1, "total": Decimal("10.10")}),
+        RawRecord("2", LATER, {"id": 2}),
+    ]
+    assert store.land_raw("shopify", records, run_id="r1") == 2
+    assert store.land_raw("shopify", records, run_id="r2") == 0
+    assert store.land_raw("shopify", [RawRecord("1", LATER, {"id": 1, "total": "11.00"})], run_id="r3") == 1
+    landed = [r for chunk in store.iter_raw("shopify", BASE_TIME, LATER) for r in chunk]
+    assert [(r.record_key, r.payload) for r in landed] == [("1", {"id": 1, "total": "10.10"})]
+    assert sum(len(c) for c in store.iter_raw("shopify")) == 3
+    store.land_raw("shopify", [RawRecord("line:9", None, {"_unparsed_line": "{oops"})])
+    landed = [r.record_key for chunk in store.iter_raw("shopify", BASE_TIME, LATER) for r in chunk]
+    assert landed == ["1", "line:9"]
+
+
+def test_rejects_keep_first_and_last_seen(store: OrderStore) -> None:
+    store.record_rejects([Reject("shopify", "7", "field 'currency' = 'XX': not ISO", {"id": 7})], run_id="a")
+    store.record_rejects([Reject("shopify", "7", "field 'currency' = 'YY': not ISO", {"id": 7})], run_id="b")
+    table = store.read_table("order_rejects")
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert row["reason"].startswith("field 'currency' = 'YY'")
+    assert row["first_seen_at"] <= row["last_seen_at"]
+
+
+def test_high_water_mark_only_moves_forward(store: OrderStore) -> None:
+    assert store.high_water_mark("shopify") is None
+    store.advance_high_water_mark("shopify", LATER)
+    store.advance_high_water_mark("shopify", BASE_TIME)
+    assert store.high_water_mark("shopify") == LATER
+
+
+def test_database_urls_are_shown_masked() -> None:
+    assert (
+        masked_url("postgresql+psycopg://etl:s3cr3t@db:5432/orders")
+        == "postgresql+psycopg://etl:***@db:5432/orders"
+    )
+    assert "s3cr3t" not in repr(create_store_engine("postgresql+psycopg://etl:s3cr3t@db:5432/orders").url)
+
+
+def test_canonical_text_follows_the_declared_field_order() -> None:
+    from orders_etl.store.schema import ORDER_FIELDS
+    from orders_etl.store.upsert import _canonical_text
+
+    record = order(
+        1, refunded_amount="1.00", tracking_number="T", deleted_at=LATER, payment_status="refunded"
+    )
+    texts = _canonical_text(record)
+    assert texts[0] == "1"
+    for name, text in zip(ORDER_FIELDS, texts[1:], strict=True):
+        value = getattr(record, name)
+        expected = (
+            None
+            if value is None
+            else value.strftime("%Y-%m-%d %H:%M:%S.%f")
+            if name.endswith("_at")
+            else str(value)
+        )
+        assert text == expected, name
+
+
+def test_streaming_reads_do_not_block_writes_in_the_same_process(store: OrderStore) -> None:
+    store.land_raw("shopify", [RawRecord(str(i), BASE_TIME, {"id": i}) for i in range(30)])
+    from orders_etl.store.landing import iter_raw
+
+    stream = iter_raw(store.engine, "shopify", chunk_size=10)
+    first = next(stream)  # the read transaction stays open while we write below
+    store.upsert("shopify", [order(r.record_key) for r in first])
+    store.record_rejects([Reject("shopify", "x", "bad", None)])
+    store.advance_high_water_mark("shopify", LATER)
+    assert sum(len(chunk) for chunk in stream) == 20
+    assert store.count("orders") == 10
+
+
+def test_an_erp_order_resolved_later_replaces_its_erp_number_key(store: OrderStore) -> None:
+    # The Shopify order is not known yet: the ERP document is keyed on its ERP number...
+    store.upsert("erp_files", [order("SO-1", number="SO-1"), order("SO-2", number="SO-2")])
+    store.upsert("shopify", [order("5001", number="#1001")])
+    # ...and once it is, the same document maps to the Shopify id: no phantom ERP-only order.
+    store.upsert("erp_files", [order("5001", number="SO-1", updated_at=LATER)])
+    assert _rows(store, source_orders, "source", "external_id") == [
+        ("erp_files", "5001"),
+        ("erp_files", "SO-2"),
+        ("shopify", "5001"),
+    ]
+    assert _rows(store, orders, "external_id", "origin") == [("5001", "shopify"), ("SO-2", "erp_files")]

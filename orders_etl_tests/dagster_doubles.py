@@ -1,20 +1,17 @@
 """Test doubles for the Dagster layer's tests: sources that keep to the reader/normalizer
 contract (``orders_etl.sources.base``) and read a small JSON file the test writes.
 
-They stand in for the Shopify and ERP source packages (and for the reconciliation and
-report modules) only until those land on main; the Dagster graph, the store and the CLI
-under test are the real ones. The module is also a code location (``defs``), so
-``dagster dev`` and the multiprocess executor's step processes can load the same graph
-with these sources: the data file comes from ``ORDERS_ETL_TEST_DATA``, the store from
-``ORDERS_ETL_DATABASE_URL``.
+They make the graph's tests small and exact (every case in a few records, any failure on
+demand); the Dagster graph, the store, the reconciliation and the CLI under test are the
+real ones, and ``test_cli.py`` runs the real readers on the bundled samples. The module
+is also a code location (``defs``), so ``dagster dev`` and the multiprocess executor's
+step processes can load the same graph with these sources: the data file comes from
+``ORDERS_ETL_TEST_DATA``, the store from ``ORDERS_ETL_DATABASE_URL``.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-import types
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,7 +20,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import dagster as dg
-import sqlalchemy as sa
 
 from orders_etl.definitions import build_defs
 from orders_etl.defs.erp.resources import ErpSource
@@ -223,114 +219,6 @@ def double_resources(data_path: str | None = None, **overrides: Any) -> dict[str
     }
     resources.update(overrides)
     return resources
-
-
-# ---------------------------------------------------------------------------------------
-# Stand-ins for modules that other branches deliver (installed only while they are absent)
-
-
-@dataclass(frozen=True)
-class StandInReconcileConfig:
-    tolerance: str = "0.00"
-
-
-def _stand_in_run_reconciliation(
-    store: Any, now: datetime | None = None, config: Any = None
-) -> dict[str, int]:
-    """Shopify vs ERP on existence and totals only: enough to feed the asset and its check."""
-    from orders_etl.store.schema import reconciliation_exceptions as exc_table
-    from orders_etl.store.schema import source_orders
-
-    now = now or datetime.now(UTC)
-    with store.engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(source_orders.c.source, source_orders.c.external_id, source_orders.c.total_amount,
-                      source_orders.c.currency)
-        ).all()  # fmt: skip
-    shopify = {r.external_id: r for r in rows if r.source == Source.SHOPIFY.value}
-    erp = {r.external_id: r for r in rows if r.source != Source.SHOPIFY.value}
-    found: dict[tuple[str, str], dict[str, Any]] = {}
-    for key, row in shopify.items():
-        if key not in erp:
-            found[(key, "missing_in_erp")] = {
-                "currency": row.currency,
-                "shopify_value": str(row.total_amount),
-            }
-        elif erp[key].total_amount != row.total_amount:
-            found[(key, "total_mismatch")] = {
-                "currency": row.currency,
-                "shopify_value": str(row.total_amount),
-                "erp_value": str(erp[key].total_amount),
-                "difference": row.total_amount - erp[key].total_amount,
-            }
-    for key, row in erp.items():
-        if key not in shopify:
-            found[(key, "missing_in_shopify")] = {
-                "currency": row.currency,
-                "erp_value": str(row.total_amount),
-            }
-    with store.engine.begin() as conn:
-        existing = {
-            (r.external_id, r.kind)
-            for r in conn.execute(sa.select(exc_table.c.external_id, exc_table.c.kind))
-        }
-        for (key, kind), values in found.items():
-            if (key, kind) in existing:
-                conn.execute(
-                    exc_table.update()
-                    .where(exc_table.c.external_id == key, exc_table.c.kind == kind)
-                    .values(last_detected_at=now, resolved_at=None, **values)
-                )
-            else:
-                conn.execute(
-                    exc_table.insert().values(
-                        external_id=key, kind=kind, first_detected_at=now, last_detected_at=now, **values
-                    )
-                )
-        for key, kind in existing - set(found):
-            conn.execute(
-                exc_table.update()
-                .where(
-                    exc_table.c.external_id == key,
-                    exc_table.c.kind == kind,
-                    exc_table.c.resolved_at.is_(None),
-                )
-                .values(resolved_at=now)
-            )
-    return {kind: sum(1 for _, k in found if k == kind) for _, kind in found}
-
-
-def _stand_in_render_report(store: Any, fmt: str = "table", since: Any = None) -> str:
-    from orders_etl.store.schema import reconciliation_exceptions as exc_table
-
-    with store.engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(exc_table.c.kind, sa.func.count())
-            .where(exc_table.c.resolved_at.is_(None))
-            .group_by(exc_table.c.kind)
-        ).all()
-    counts = {kind: n for kind, n in rows}
-    if fmt == "json":
-        return json.dumps({"open_exceptions": counts})
-    if fmt == "csv":
-        return "kind,open\n" + "".join(f"{k},{n}\n" for k, n in sorted(counts.items()))
-    return "open exceptions\n" + "".join(f"  {k:<24} {n}\n" for k, n in sorted(counts.items()))
-
-
-def _install(module_name: str, **attributes: Any) -> None:
-    try:
-        importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:  # the module exists but something it imports is missing
-            raise
-        module = types.ModuleType(module_name, "test stand-in until the real module lands")
-        module.__dict__.update(attributes)
-        sys.modules[module_name] = module
-
-
-_install("orders_etl.reconcile", ReconcileConfig=StandInReconcileConfig)
-_install("orders_etl.store.reconciliation", run_reconciliation=_stand_in_run_reconciliation)
-_install("orders_etl.report", render_report=_stand_in_render_report)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,13 +1,18 @@
 """The 3-day backfill on PostgreSQL with the multiprocess executor: every step in its own
 process, the two sources' landing steps in parallel, all writing one store.
 
-Two such runs are started at once (a backfill launched twice): the store must end the
-same as after one: one row per order, the newest version of each, ids minted once.
+Then the same range twice at once, each run in its own ``dagster job execute`` process (a
+backfill launched twice; in-process executor, as the concurrency under test is between the
+runs): the store must end as after one run: one row per order, the newest version of each,
+ids minted once.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -19,6 +24,11 @@ from orders_etl_tests import dagster_doubles as doubles
 pytestmark = pytest.mark.postgres
 
 MULTIPROCESS = {"execution": {"config": {"multiprocess": {"max_concurrent": 2}}}}
+ROOT = Path(__file__).resolve().parents[1]
+RANGE_TAGS = {
+    "dagster/asset_partition_range_start": doubles.RANGE[0],
+    "dagster/asset_partition_range_end": doubles.RANGE[1],
+}
 
 
 @pytest.fixture
@@ -31,29 +41,46 @@ def pg_store(monkeypatch: pytest.MonkeyPatch, pg_url: str, tmp_path: Path) -> Or
     store.dispose()
 
 
-def run_range(instance: dg.DagsterInstance) -> dg.ExecutionResult:
-    first, last = doubles.RANGE
+def run_range(instance: dg.DagsterInstance) -> tuple[bool, list[str | None]]:
     with dg.execute_job(
         dg.reconstructable(doubles.sync_orders_job),
         instance=instance,
         run_config=MULTIPROCESS,
-        tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
+        tags=RANGE_TAGS,
     ) as result:
         return result.success, [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
 
 
-@pytest.mark.timeout(300)
-def test_range_backfill_on_postgres_with_multiprocess_executor(pg_store):
+def start_cli_run(home: Path, config: Path) -> subprocess.Popen:
+    """``dagster job execute`` of the range in a process of its own, on the shared instance."""
+    command = [
+        str(Path(sys.executable).with_name("dagster")),
+        "job", "execute", "-m", "orders_etl_tests.dagster_doubles", "-j", "sync_orders",
+        "-c", str(config), "--tags", json.dumps(RANGE_TAGS),
+    ]  # fmt: skip
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": path}
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+@pytest.mark.timeout(400)
+def test_range_backfill_on_postgres_with_multiprocess_executor(pg_store, tmp_path):
     with dg.instance_for_test() as instance:
         assert run_range(instance) == (True, [])
-        doubles.assert_march_synced(pg_store)
-        ids = pg_store.read_table("orders").set_index("external_id")["id"].to_dict()
+    doubles.assert_march_synced(pg_store)
+    ids = pg_store.read_table("orders").set_index("external_id")["id"].to_dict()
 
-        # The same backfill twice at once: concurrent writers over the same orders.
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            outcomes = list(pool.map(lambda _: run_range(instance), range(2)))
-        assert outcomes == [(True, []), (True, [])]
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with dg.DagsterInstance.from_config(str(home)):
+        pass  # create the instance's storage once (as `dagster instance migrate` does), not in a race
+    config = tmp_path / "run_config.json"  # JSON is YAML
+    config.write_text(json.dumps({"execution": {"config": {"in_process": {}}}}))
+    runs = [start_cli_run(home, config) for _ in range(2)]
+    outputs = [run.communicate(timeout=300)[0].decode(errors="replace") for run in runs]
+    for run, output in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, output[-3000:]
 
     doubles.assert_march_synced(pg_store)
     assert pg_store.read_table("orders").set_index("external_id")["id"].to_dict() == ids  # minted once
-    assert pg_store.count("source_orders") == 4  # shopify 1001, 1002; ERP 1001 (SO-1), SO-2
+    assert pg_store.count("source_orders") == 4  # Shopify 1001, 1002; ERP 1001 (SO-1), SO-2

@@ -116,7 +116,9 @@ class DagsterDev:
     log: Path
 
     def graphql(self, query: str, variables: dict | None = None) -> dict:
-        response = httpx.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=60)
+        response = httpx.post(
+            f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=60
+        )
         response.raise_for_status()
         body = response.json()
         assert "errors" not in body, body["errors"]
@@ -236,7 +238,13 @@ def wait_for_backfill(dev: DagsterDev, backfill_id: str) -> dict:
     deadline = time.monotonic() + BACKFILL_TIMEOUT
     while time.monotonic() < deadline:
         backfill = dev.graphql(BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
-        if backfill.get("status") in ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"):
+        if backfill.get("status") in (
+            "COMPLETED",
+            "COMPLETED_SUCCESS",
+            "COMPLETED_FAILED",
+            "FAILED",
+            "CANCELED",
+        ):
             return backfill
         time.sleep(2)
     dev.fail(f"backfill {backfill_id} did not finish in {BACKFILL_TIMEOUT}s")
@@ -287,7 +295,11 @@ def test_dagster_dev_serves_the_project_and_runs_a_ui_backfill(dagster_dev):
     runs = dev.graphql(RUNS)["runsOrError"]["results"]
     assert runs and all(run["status"] == "SUCCESS" for run in runs), runs
     # Single-run backfill policy: the three days ran as one range run (and reconciliation once).
-    ranged = [run for run in runs if {"key": "dagster/asset_partition_range_start", "value": "2026-03-01"} in run["tags"]]
+    ranged = [
+        run
+        for run in runs
+        if {"key": "dagster/asset_partition_range_start", "value": "2026-03-01"} in run["tags"]
+    ]
     assert len(ranged) == 1, runs
     doubles.assert_march_synced(store)
     assert store.count("reconciliation_exceptions") > 0

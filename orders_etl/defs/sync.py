@@ -8,9 +8,10 @@ can be synced again at any time: raw payloads land once, the upsert keeps the ne
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import dagster as dg
 import sqlalchemy as sa
@@ -37,10 +38,35 @@ class Reader(Protocol):
     def fetch(self, start: datetime | None, end: datetime | None, log: Log) -> Iterator[RawRecord]: ...
 
 
+R = TypeVar("R", bound=Reader)
+T = TypeVar("T")
+
+
 class ShopifyReader(Reader, Protocol):
     def deleted(
         self, start: datetime | None, end: datetime | None, log: Log
     ) -> Iterator[tuple[str, datetime]]: ...
+
+
+@contextmanager
+def opened(source: Source, make_reader: Callable[[], R]) -> Iterator[R]:
+    """A reader made and used inside one guard: a source that cannot be set up or cannot
+    deliver fails the step with ``<source>: <cause>`` (no retry); its connections are closed.
+    """
+    try:
+        reader = make_reader()
+    except SourceError as exc:
+        raise source_failure(exc) from exc
+    except ValueError as exc:  # configuration the reader refuses (URL, credentials, dialect)
+        raise source_failure(SourceError(source.value, str(exc))) from exc
+    try:
+        yield reader
+    except SourceError as exc:
+        raise source_failure(exc) from exc
+    finally:
+        close = getattr(reader, "close", None)
+        if close is not None:
+            close()
 
 
 def source_failure(exc: SourceError) -> dg.Failure:
@@ -71,14 +97,6 @@ class SyncWindow:
     @property
     def end(self) -> datetime:
         return self.partitions_end + self.overlap
-
-    def slices(self, size: timedelta = timedelta(days=1)) -> Iterator[tuple[datetime, datetime]]:
-        """``[start, end)`` cut into consecutive slices of at most ``size``, oldest first."""
-        cursor = self.start
-        while cursor < self.end:
-            upper = min(cursor + size, self.end)
-            yield cursor, upper
-            cursor = upper
 
     def describe(self) -> str:
         return f"{self.start.isoformat()} .. {self.end.isoformat()}"
@@ -112,7 +130,11 @@ class LandOutcome:
 
 
 def land(
-    context: dg.AssetExecutionContext, store: OrderStore, source: Source, reader: Reader, window: SyncWindow
+    context: dg.AssetExecutionContext,
+    store: OrderStore,
+    source: Source,
+    make_reader: Callable[[], Reader],
+    window: SyncWindow,
 ) -> LandOutcome:
     """Fetch the window from the source and land every payload in ``raw_orders``."""
     outcome = LandOutcome()
@@ -125,14 +147,9 @@ def land(
             yield record
 
     context.log.info(f"{source}: fetching orders updated in {window.describe()}")
-    try:
-        outcome.landed = store.land_raw(
-            source,
-            counted(reader.fetch(window.start, window.end, context.log.info)),
-            run_id=context.run.run_id,
-        )
-    except SourceError as exc:
-        raise source_failure(exc) from exc
+    with opened(source, make_reader) as reader:
+        records = reader.fetch(window.start, window.end, context.log.info)
+        outcome.landed = store.land_raw(source, counted(records), run_id=context.run.run_id)
     context.log.info(f"{source}: fetched {outcome.fetched} records, {outcome.landed} new payloads landed")
     return outcome
 
@@ -177,61 +194,58 @@ class NormalizeOutcome:
         self.reject_preview.extend(rejects[:room])
 
 
-def landed_records(store: OrderStore, source: Source, start: datetime, end: datetime) -> list[LandedRecord]:
-    """Every landed version in ``[start, end)``, read completely before anything is written.
-
-    (A SQLite read cursor held open would keep the write lock that the upsert needs.)
-    """
-    return [record for chunk in store.iter_raw(source, start, end) for record in chunk]
-
-
 def normalize_window(
     context: dg.AssetExecutionContext,
     store: OrderStore,
     source: Source,
     window: SyncWindow,
-    normalize: Callable[[list[LandedRecord]], Iterable[Normalized]],
+    normalize: Callable[[Iterable[LandedRecord]], Iterable[Normalized]],
 ) -> NormalizeOutcome:
-    """Normalize the window's landed payloads day by day; upsert orders, quarantine rejects."""
+    """Normalize every landed version in the window, streaming; upsert orders in batches
+    (one transaction each) and quarantine rejects with their reason.
+    """
     outcome = NormalizeOutcome()
     run_id = context.run.run_id
-    for start, end in window.slices():
-        records = landed_records(store, source, start, end)
-        if not records:
-            continue
-        for batch in batches(normalize(records), NORMALIZE_BATCH):
-            if batch.rejects:
-                store.record_rejects(batch.rejects, run_id=run_id)
-                outcome.add_rejects(batch.rejects)
-            counts = store.upsert(source, batch.orders) if batch.orders else UpsertCounts()
-            outcome.counts += counts
-            outcome.skipped += batch.skipped
-            outcome.preview.extend(batch.orders[: PREVIEW_ROWS - len(outcome.preview)])
-            context.log.info(
-                f"{source}: {start:%Y-%m-%d %H:%M}..{end:%Y-%m-%d %H:%M}: {len(records)} landed versions -> "
-                f"{len(batch.orders)} orders ({_describe_counts(counts)}), "
-                f"{len(batch.rejects)} rejected, {batch.skipped} skipped"
-            )
+    landed = (record for chunk in store.iter_raw(source, window.start, window.end) for record in chunk)
+    for batch in _guarded(source, batches(normalize(landed), NORMALIZE_BATCH)):
+        if batch.rejects:
+            store.record_rejects(batch.rejects, run_id=run_id)
+            outcome.add_rejects(batch.rejects)
+        counts = store.upsert(source, batch.orders) if batch.orders else UpsertCounts()
+        outcome.counts += counts
+        outcome.skipped += batch.skipped
+        outcome.preview.extend(batch.orders[: PREVIEW_ROWS - len(outcome.preview)])
+        context.log.info(
+            f"{source}: normalized {len(batch)} records: {len(batch.orders)} orders "
+            f"({_describe_counts(counts)}), {len(batch.rejects)} rejected, {batch.skipped} skipped"
+        )
+    if not outcome.counts.total and not outcome.rejected and not outcome.skipped:
+        context.log.info(f"{source}: nothing landed in {window.describe()}")
     return outcome
+
+
+def _guarded(source: Source, items: Iterator[T]) -> Iterator[T]:
+    """``items`` with a SourceError (e.g. an unreadable ERP dialect file) failing the step."""
+    try:
+        yield from items
+    except SourceError as exc:
+        raise source_failure(exc) from exc
 
 
 def mark_deleted(
     context: dg.AssetExecutionContext,
     store: OrderStore,
     source: Source,
-    reader: ShopifyReader,
+    make_reader: Callable[[], ShopifyReader],
     window: SyncWindow,
 ) -> int:
     """Keep orders deleted at the source, with ``deleted_at`` set; returns versions written."""
-    try:
+    with opened(source, make_reader) as reader:
         deleted = dict(reader.deleted(window.start, window.end, context.log.info))
-    except SourceError as exc:
-        raise source_failure(exc) from exc
     counts = store.mark_deleted(source, deleted)
-    context.log.info(
-        f"{source}: {len(deleted)} deletions reported, {counts.inserted + counts.updated} marked"
-    )
-    return counts.inserted + counts.updated
+    marked = counts.inserted + counts.updated
+    context.log.info(f"{source}: {len(deleted)} deletions reported, {marked} orders marked deleted")
+    return marked
 
 
 def advance_cursor(

@@ -32,7 +32,7 @@ def erp_raw_orders(
     files when no Business Central URL is set.
     """
     window = sync.sync_window(context, erp.overlap_minutes)
-    outcome = sync.land(context, store.store, erp.source, erp.reader(), window)
+    outcome = sync.land(context, store.store, erp.source, erp.reader, window)
     return sync.raw_result(store.store, erp.source, window, outcome, erp.source_label)
 
 

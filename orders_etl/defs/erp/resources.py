@@ -10,15 +10,18 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
+from datetime import timedelta
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 import dagster as dg
 
 from orders_etl.model import Source
+from orders_etl.sources.base import SourceError
 
 if TYPE_CHECKING:
     from orders_etl.defs.sync import Reader
     from orders_etl.sources.base import NameResolver, Normalized
+    from orders_etl.sources.erp_files import Dialect
     from orders_etl.store import LandedRecord
 
 
@@ -66,15 +69,17 @@ class BusinessCentralResource(ErpSource):
     def reader(self) -> Reader:
         from orders_etl.sources.business_central import BusinessCentralReader
 
+        # The asset widens the window by the configured overlap itself: no second overlap.
         return BusinessCentralReader(
-            base_url=self.base_url,
-            company_id=self.company_id,
+            self.base_url,
+            self.company_id,
             access_token=self.access_token,
             tenant_id=self.tenant_id,
             client_id=self.client_id,
             client_secret=self.client_secret,
             token_url=self.token_url,
             local_currency=self.local_currency,
+            overlap=timedelta(0),
         )
 
     def normalize(self, records: Iterable[LandedRecord], resolve_names: NameResolver) -> Iterator[Normalized]:
@@ -97,12 +102,21 @@ class ErpFilesResource(ErpSource):
     def source_label(self) -> str:
         return f"ERP export {self.path}"
 
-    def reader(self) -> Reader:
-        from orders_etl.sources.erp_files import ErpFileReader, load_dialect
+    def dialect(self) -> Dialect:
+        """The export's dialect; a missing or invalid file fails as the source's error."""
+        from orders_etl.sources.erp_files import DialectError, load_dialect
 
-        return ErpFileReader(self.path, load_dialect(self.dialect_path))
+        try:
+            return load_dialect(self.dialect_path)
+        except DialectError as exc:
+            raise SourceError(self.source.value, f"{exc} (set ERP_DIALECT_PATH)") from None
+
+    def reader(self) -> Reader:
+        from orders_etl.sources.erp_files import ErpFileReader
+
+        return ErpFileReader(self.path, self.dialect())
 
     def normalize(self, records: Iterable[LandedRecord], resolve_names: NameResolver) -> Iterator[Normalized]:
-        from orders_etl.sources.erp_files import load_dialect, normalize
+        from orders_etl.sources.erp_files import normalize
 
-        return normalize(records, dialect=load_dialect(self.dialect_path), resolve_names=resolve_names)
+        return normalize(records, dialect=self.dialect(), resolve_names=resolve_names)

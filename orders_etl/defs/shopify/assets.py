@@ -31,7 +31,7 @@ def shopify_raw_orders(
     Reads the Admin GraphQL API, or a bulk-operation JSONL file when no shop URL is set.
     """
     window = sync.sync_window(context, shopify.overlap_minutes)
-    outcome = sync.land(context, store.store, Source.SHOPIFY, shopify.reader(), window)
+    outcome = sync.land(context, store.store, Source.SHOPIFY, shopify.reader, window)
     return sync.raw_result(store.store, Source.SHOPIFY, window, outcome, shopify.source_label)
 
 
@@ -59,6 +59,6 @@ def shopify_source_orders(
     window = sync.sync_window(context, shopify.overlap_minutes)
     db = store.store
     outcome = sync.normalize_window(context, db, Source.SHOPIFY, window, shopify.normalize)
-    outcome.deleted = sync.mark_deleted(context, db, Source.SHOPIFY, shopify.reader(), window)
+    outcome.deleted = sync.mark_deleted(context, db, Source.SHOPIFY, shopify.reader, window)
     mark = sync.advance_cursor(context, db, Source.SHOPIFY, window)
     return sync.normalized_result(db, Source.SHOPIFY, window, outcome, mark)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
+from datetime import timedelta
 from typing import TYPE_CHECKING, ClassVar
 
 import dagster as dg
@@ -60,12 +61,14 @@ class ShopifyApiResource(ShopifySource):
     def reader(self) -> ShopifyReader:
         from orders_etl.sources.shopify import ShopifyApiReader
 
+        # The asset widens the window by the configured overlap itself: no second overlap.
         return ShopifyApiReader(
-            shop_url=self.shop_url,
-            api_version=self.api_version,
+            self.shop_url,
             access_token=self.access_token,
             client_id=self.client_id,
             client_secret=self.client_secret,
+            api_version=self.api_version,
+            overlap=timedelta(0),
         )
 
 

@@ -210,7 +210,12 @@ def _instance() -> Iterator[Any]:
     """The DAGSTER_HOME instance (runs show in the UI), else a throwaway one."""
     from dagster import DagsterInstance
 
-    instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
+    home = os.environ.get("DAGSTER_HOME")
+    try:
+        instance = DagsterInstance.get() if home else DagsterInstance.ephemeral()
+    except Exception as exc:  # e.g. DAGSTER_HOME is no directory, or its dagster.yaml is invalid
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"DAGSTER_HOME={home}: {first_line}") from None
     with instance:
         yield instance
 

@@ -67,7 +67,7 @@ def test_three_day_range_in_one_run(data, env_store):
         result = materialize(data, instance, tags=range_tags(*doubles.RANGE))
         assert result.success
         # One run covered the range: every partitioned asset is materialized for each day.
-        for key in ("shopify/raw_orders", "erp/source_orders", "orders"):
+        for key in ("shopify/raw_orders", "shopify/source_orders", "erp/raw_orders", "erp/source_orders"):
             assert instance.get_materialized_partitions(dg.AssetKey.from_user_string(key)) == {
                 "2026-03-01",
                 "2026-03-02",

@@ -266,8 +266,9 @@ def test_dagster_dev_serves_the_project_and_runs_a_ui_backfill(dagster_dev):
     assert set(nodes) == {tuple(key) for key in ASSETS}
     for key, node in nodes.items():
         assert node["description"] and node["kinds"], key
-    for key in ASSETS[:-1]:  # all but reconciliation are daily-partitioned
+    for key in ASSETS[:4]:  # the sources' assets are daily-partitioned; orders, reconciliation not
         assert "Daily" in nodes[tuple(key)]["partitionDefinition"]["description"]
+    assert nodes[("orders",)]["partitionDefinition"] is None
     assert nodes[("reconciliation",)]["partitionDefinition"] is None
     checks = {c["name"] for node in nodes.values() for c in node["assetChecksOrError"].get("checks", [])}
     assert checks == CHECKS
@@ -294,7 +295,8 @@ def test_dagster_dev_serves_the_project_and_runs_a_ui_backfill(dagster_dev):
 
     runs = dev.graphql(RUNS)["runsOrError"]["results"]
     assert runs and all(run["status"] == "SUCCESS" for run in runs), runs
-    # Single-run backfill policy: the three days ran as one range run (and reconciliation once).
+    # Single-run backfill policy: the three days ran as one range run (then orders and
+    # reconciliation, unpartitioned, once).
     ranged = [
         run
         for run in runs

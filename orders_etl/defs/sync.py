@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from orders_etl.model import OrderRecord, Reject, Source
 from orders_etl.sources.base import Log, Normalized, SourceError, batches
 from orders_etl.store import LandedRecord, OrderStore, RawRecord, UpsertCounts
+from orders_etl.store.engine import reading
 from orders_etl.store.schema import order_rejects, raw_orders, source_orders
 
 OWNERS = ["team:data-engineering"]
@@ -316,7 +317,7 @@ def count_rows(store: OrderStore, table: sa.Table, where: sa.ColumnElement[bool]
     query = sa.select(sa.func.count()).select_from(table)
     if where is not None:
         query = query.where(where)
-    with store.engine.connect() as conn:
+    with reading(store.engine).connect() as conn:
         return conn.execute(query).scalar_one()
 
 

@@ -1,15 +1,13 @@
 """The golden record: ``orders``, one row per order across every source."""
 
-from datetime import UTC
-
 import dagster as dg
 import sqlalchemy as sa
 
 from orders_etl.defs import sync
 from orders_etl.defs.erp.assets import erp_source_orders
-from orders_etl.defs.partitions import daily_partitions
 from orders_etl.defs.shopify.assets import shopify_source_orders
 from orders_etl.defs.store.resources import StoreResource
+from orders_etl.store.engine import reading
 from orders_etl.store.schema import orders as orders_table
 
 GROUP = "orders"
@@ -21,8 +19,6 @@ GROUP = "orders"
     group_name=GROUP,
     kinds={"sqlalchemy", "table"},
     owners=sync.OWNERS,
-    partitions_def=daily_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
     retry_policy=sync.TRANSIENT_RETRY,
 )
 def orders(context: dg.AssetExecutionContext, store: StoreResource) -> dg.MaterializeResult:
@@ -32,13 +28,13 @@ def orders(context: dg.AssetExecutionContext, store: StoreResource) -> dg.Materi
     deleted at the source keep their row with `deleted_at` set.
 
     The merge happens inside each upsert transaction, so this asset writes nothing: it
-    reports the table (counts, what changed in these days) and carries the data checks.
+    reports the whole table (counts, what this run changed) and carries the data checks.
+    Not partitioned: it is one table over every day, refreshed once per sync of any range.
     """
-    window = context.partition_time_window
-    start, end = window.start.astimezone(UTC), window.end.astimezone(UTC)
     db = store.store
-    in_window = (orders_table.c.updated_at >= start) & (orders_table.c.updated_at < end)
-    with db.engine.connect() as conn:
+    since = sync.run_created_at(context)
+    this_run = orders_table.c.synced_at >= since
+    with reading(db.engine).connect() as conn:
         by_origin = dict(
             conn.execute(
                 sa.select(orders_table.c.origin, sa.func.count()).group_by(orders_table.c.origin)
@@ -56,8 +52,7 @@ def orders(context: dg.AssetExecutionContext, store: StoreResource) -> dg.Materi
                 orders_table.c.currency,
                 orders_table.c.updated_at,
             )
-            .where(in_window)
-            .order_by(orders_table.c.updated_at.desc())
+            .order_by(orders_table.c.synced_at.desc(), orders_table.c.updated_at.desc())
             .limit(sync.PREVIEW_ROWS)
         ).all()
     preview = [
@@ -77,10 +72,9 @@ def orders(context: dg.AssetExecutionContext, store: StoreResource) -> dg.Materi
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": sum(by_origin.values()),
-            "updated_in_window": sync.count_rows(db, orders_table, in_window),
+            "written_by_this_run": sync.count_rows(db, orders_table, this_run),
             "deleted_at_source": sync.count_rows(db, orders_table, orders_table.c.deleted_at.is_not(None)),
             **{f"origin_{origin}": count for origin, count in sorted(by_origin.items())},
-            "window": f"{start.isoformat()} .. {end.isoformat()}",
             "store": db.masked_url,
             "preview": dg.MetadataValue.md(sync.markdown_table(columns, preview)),
         }

@@ -21,6 +21,7 @@ from orders_etl.defs.store.resources import StoreResource
 from orders_etl.model import Source
 from orders_etl.settings import get_settings
 from orders_etl.store import OrderStore
+from orders_etl.store.engine import reading
 from orders_etl.store.schema import order_rejects, source_orders
 from orders_etl.store.schema import orders as orders_table
 
@@ -44,7 +45,7 @@ def duplicate_external_ids(store: OrderStore) -> list[tuple[str, int]]:
         .having(sa.func.count() > 1)
         .order_by(orders_table.c.external_id)
     )
-    with store.engine.connect() as conn:
+    with reading(store.engine).connect() as conn:
         return [(key, count) for key, count in conn.execute(query)]
 
 
@@ -69,7 +70,7 @@ def money_problems(store: OrderStore) -> Iterator[MoneyProblem]:
         orders_table.c.tax_amount,
         orders_table.c.payment_status,
     ).order_by(orders_table.c.external_id)
-    with store.engine.connect() as conn:
+    with reading(store.engine).connect() as conn:
         for key, total, tax, payment in conn.execution_options(yield_per=10_000).execute(query):
             if tax is not None and tax > total:
                 yield MoneyProblem(key, total, tax, payment, "tax_amount exceeds total_amount")
@@ -79,7 +80,7 @@ def money_problems(store: OrderStore) -> Iterator[MoneyProblem]:
 
 def currency_counts(store: OrderStore) -> dict[str, int]:
     query = sa.select(orders_table.c.currency, sa.func.count()).group_by(orders_table.c.currency)
-    with store.engine.connect() as conn:
+    with reading(store.engine).connect() as conn:
         return dict(conn.execute(query).all())
 
 
@@ -97,7 +98,7 @@ class RejectRate:
 
 def reject_rates(store: OrderStore) -> list[RejectRate]:
     """Per source: records quarantined vs. records stored (each counted once per key)."""
-    with store.engine.connect() as conn:
+    with reading(store.engine).connect() as conn:
         rejects = dict(
             conn.execute(
                 sa.select(order_rejects.c.source, sa.func.count()).group_by(order_rejects.c.source)

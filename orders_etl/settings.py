@@ -158,6 +158,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if max_reject_rate > 1:
         raise SettingsError(f"ORDERS_ETL_MAX_REJECT_RATE={max_reject_rate!r} is a fraction (0..1)")
     erp_export_path = _get(env, "ERP_EXPORT_PATH") or DEFAULT_ERP_EXPORT_PATH
+    shop_url, bc_url = _url(env, "SHOPIFY_SHOP_URL"), _url(env, "BC_BASE_URL")
     _require_credentials(env)
     return Settings(
         start_date=_date(env, "ORDERS_ETL_START_DATE", DEFAULT_START_DATE),
@@ -167,10 +168,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_reject_rate=max_reject_rate,
         max_exception_age=timedelta(days=_number(env, "ORDERS_ETL_MAX_EXCEPTION_AGE_DAYS", 7)),
         max_sync_age=timedelta(hours=_number(env, "ORDERS_ETL_MAX_SYNC_AGE_HOURS", 6)),
-        shopify_shop_url=_url(env, "SHOPIFY_SHOP_URL"),
+        shopify_shop_url=shop_url,
         shopify_api_version=_get(env, "SHOPIFY_API_VERSION") or "2026-10",
         shopify_bulk_file=_get(env, "SHOPIFY_BULK_FILE") or DEFAULT_SHOPIFY_BULK_FILE,
-        bc_base_url=_url(env, "BC_BASE_URL"),
+        bc_base_url=bc_url,
         bc_company_id=_get(env, "BC_COMPANY_ID"),
         bc_tenant_id=_get(env, "BC_TENANT_ID"),
         bc_token_url=_url(env, "BC_TOKEN_URL"),

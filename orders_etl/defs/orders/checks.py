@@ -59,10 +59,12 @@ class MoneyProblem:
 
 
 def money_problems(store: OrderStore) -> Iterator[MoneyProblem]:
-    """Orders whose tax exceeds their total, or whose total is negative without a refund.
+    """Orders whose tax is larger than their total, or whose total is negative without a refund.
 
-    Compared in Python on exact Decimals: on SQLite money is decimal text, which SQL would
-    compare as text or as a float.
+    Tax is a part of the total, so its size cannot exceed the total's (compared by absolute
+    value, which keeps the rule meaningful for a refunded negative total). Compared in
+    Python on exact Decimals: on SQLite money is decimal text, which SQL would compare as
+    text or as a float.
     """
     query = sa.select(
         orders_table.c.external_id,
@@ -72,7 +74,7 @@ def money_problems(store: OrderStore) -> Iterator[MoneyProblem]:
     ).order_by(orders_table.c.external_id)
     with reading(store.engine).connect() as conn:
         for key, total, tax, payment in conn.execution_options(yield_per=10_000).execute(query):
-            if tax is not None and tax > total:
+            if tax is not None and abs(tax) > abs(total):
                 yield MoneyProblem(key, total, tax, payment, "tax_amount exceeds total_amount")
             elif total < 0 and payment != "refunded":
                 yield MoneyProblem(key, total, tax, payment, "negative total_amount without a refund")

@@ -1,10 +1,14 @@
-"""The UI path: ``dagster dev`` serves the project, and a backfill launched the way the UI
-launches it (GraphQL ``launchPartitionBackfill``) runs through the daemon into the store.
+"""The UI path: ``dagster dev`` serves the project's ``workspace.yaml`` (what ``make dev``
+runs), and a backfill launched the way the UI launches it (GraphQL ``launchPartitionBackfill``)
+runs through the daemon into the store.
 
-The test starts ``dagster dev`` (webserver, daemon, code server) in a process group of its
-own with a temporary ``DAGSTER_HOME``, on 127.0.0.1 and a free port, and stops exactly that
-group at the end, checking that none of its processes survives. The backfill daemon works
-in 30-second ticks, so this takes a minute or two; timeouts are generous for a busy 2-core CI.
+The test starts ``dagster dev`` (webserver, daemon, code server) from the repository root,
+with the default configuration (the bundled samples), a temporary ``DAGSTER_HOME`` and a
+temporary store, on 127.0.0.1 and a free port, in a process group of its own; at the end it
+stops exactly that group and checks that none of its processes survives. The store must
+hold exactly what the plain readers and normalizers make of the same three days. The
+backfill daemon works in 30-second ticks, so this takes a minute or two; timeouts are
+generous for a busy 2-core CI.
 """
 
 from __future__ import annotations
@@ -17,14 +21,19 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
+from orders_etl.sources.base import batches
+from orders_etl.sources.erp_files import ErpFileReader, load_dialect
+from orders_etl.sources.erp_files import normalize as normalize_erp
+from orders_etl.sources.shopify import ShopifyBulkFileReader
+from orders_etl.sources.shopify import normalize as normalize_shopify
 from orders_etl.store import OrderStore
-from orders_etl_tests import dagster_doubles as doubles
 
 pytestmark = pytest.mark.slow
 
@@ -40,6 +49,10 @@ ASSETS = [
     ["orders"],
     ["reconciliation"],
 ]
+DAYS = ["2026-09-01", "2026-09-02", "2026-09-03"]
+# The days plus the one-hour overlap on both sides (ORDERS_ETL_OVERLAP_MINUTES default).
+WINDOW = (datetime(2026, 8, 31, 23, tzinfo=UTC), datetime(2026, 9, 4, 1, tzinfo=UTC))
+SAMPLES = ROOT / "data" / "samples"
 CHECKS = {
     "one_row_per_external_id",
     "money_sane",
@@ -167,7 +180,7 @@ def _alive(pids: list[int]) -> list[int]:
 
 
 @pytest.fixture
-def dagster_dev(tmp_path: Path) -> Iterator[tuple[DagsterDev, OrderStore]]:
+def dagster_dev(tmp_path: Path) -> Iterator[tuple[DagsterDev, str]]:
     home = tmp_path / "dagster_home"
     home.mkdir()
     # Dequeue runs every second instead of every five: the test waits less, nothing else changes.
@@ -180,40 +193,60 @@ def dagster_dev(tmp_path: Path) -> Iterator[tuple[DagsterDev, OrderStore]]:
         "telemetry:\n"
         "  enabled: false\n"
     )
-    workspace = tmp_path / "workspace.yaml"
-    workspace.write_text(
-        "load_from:\n"
-        "  - python_module:\n"
-        "      module_name: orders_etl_tests.dagster_doubles\n"
-        f"      working_directory: {ROOT}\n"
-        "      location_name: orders_etl\n"
-    )
     store_url = f"sqlite:///{tmp_path / 'orders.db'}"
+    # The defaults, as on a fresh clone: the bundled samples; only the store is private.
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("ORDERS_ETL_", "SHOPIFY_", "BC_", "ERP_"))
+    }
     env = {
-        **os.environ,
+        **clean,
         "DAGSTER_HOME": str(home),
         "ORDERS_ETL_DATABASE_URL": store_url,
-        doubles.DATA_ENV: str(doubles.write_march(tmp_path / "sources.json")),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     port = free_port()
     log = tmp_path / "dagster_dev.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [str(DAGSTER), "dev", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)],
-            cwd=tmp_path,
+            [str(DAGSTER), "dev", "-w", str(ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+            cwd=ROOT,
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: we stop exactly that group
         )
-    dev = DagsterDev(f"http://127.0.0.1:{port}", process, log)
-    store = OrderStore.from_url(store_url)
     try:
-        yield dev, store
+        yield DagsterDev(f"http://127.0.0.1:{port}", process, log), store_url
     finally:
-        store.dispose()
         stop_group(process)
+
+
+def plain_sync(url: str, start: datetime, end: datetime) -> OrderStore:
+    """The same window through the plain readers and normalizers, without Dagster."""
+    store = OrderStore.from_url(url)
+    store.land_raw("shopify", ShopifyBulkFileReader(SAMPLES / "shopify_orders.jsonl").fetch(start, end))
+    landed = (record for chunk in store.iter_raw("shopify", start, end) for record in chunk)
+    for batch in batches(normalize_shopify(landed)):
+        store.record_rejects(batch.rejects)
+        store.upsert("shopify", batch.orders)
+    dialect = load_dialect(SAMPLES / "erp_orders.dialect.toml")
+    store.land_raw("erp_files", ErpFileReader(SAMPLES / "erp_orders.csv", dialect).fetch(start, end))
+    landed = (record for chunk in store.iter_raw("erp_files", start, end) for record in chunk)
+    for batch in batches(normalize_erp(landed, dialect=dialect, resolve_names=store.shopify_ids_by_name)):
+        store.record_rejects(batch.rejects)
+        store.upsert("erp_files", batch.orders)
+    return store
+
+
+def comparable(store: OrderStore) -> dict[str, list[tuple]]:
+    """The tables without what differs between two runs (ids minted, clocks, run ids)."""
+    ignored = {"id", "synced_at", "raw_id", "fetched_at", "run_id", "first_seen_at", "last_seen_at"}
+    tables = {}
+    for name in ("raw_orders", "source_orders", "orders", "order_rejects"):
+        frame = store.read_table(name)
+        frame = frame[[c for c in frame.columns if c not in ignored]]
+        tables[name] = sorted(tuple(map(str, row)) for row in frame.itertuples(index=False))
+    return tables
 
 
 def wait_until_loaded(dev: DagsterDev) -> dict:
@@ -255,8 +288,8 @@ def wait_for_backfill(dev: DagsterDev, backfill_id: str) -> dict:
 
 
 @pytest.mark.timeout(900)
-def test_dagster_dev_serves_the_project_and_runs_a_ui_backfill(dagster_dev):
-    dev, store = dagster_dev
+def test_dagster_dev_serves_the_project_and_runs_a_ui_backfill(dagster_dev, tmp_path):
+    dev, store_url = dagster_dev
     location = wait_until_loaded(dev)
     assert location["name"] == "orders_etl"
     assert location["locationOrLoadError"]["__typename"] == "RepositoryLocation", location
@@ -277,12 +310,11 @@ def test_dagster_dev_serves_the_project_and_runs_a_ui_backfill(dagster_dev):
     assert set(schedules) == {"sync_orders_current_day", "resync_previous_day"}
     assert schedules["sync_orders_current_day"]["cronSchedule"] == "5 * * * *"
 
-    partitions = ["2026-03-01", "2026-03-02", "2026-03-03"]
     launched = dev.graphql(
         LAUNCH_BACKFILL,
         {
             "params": {
-                "partitionNames": partitions,
+                "partitionNames": DAYS,
                 "assetSelection": [{"path": key} for key in ASSETS],
                 "fromFailure": False,
             }
@@ -297,11 +329,19 @@ def test_dagster_dev_serves_the_project_and_runs_a_ui_backfill(dagster_dev):
     assert runs and all(run["status"] == "SUCCESS" for run in runs), runs
     # Single-run backfill policy: the three days ran as one range run (then orders and
     # reconciliation, unpartitioned, once).
-    ranged = [
-        run
-        for run in runs
-        if {"key": "dagster/asset_partition_range_start", "value": "2026-03-01"} in run["tags"]
-    ]
-    assert len(ranged) == 1, runs
-    doubles.assert_march_synced(store)
-    assert store.count("reconciliation_exceptions") > 0
+    range_start = {"key": "dagster/asset_partition_range_start", "value": DAYS[0]}
+    assert len([run for run in runs if range_start in run["tags"]]) == 1, runs
+
+    # The store holds exactly what the plain modules make of those days (plus the overlap).
+    store = OrderStore.from_url(store_url)
+    expected = plain_sync(f"sqlite:///{tmp_path / 'expected.db'}", WINDOW[0], WINDOW[1])
+    try:
+        synced, wanted = comparable(store), comparable(expected)
+        assert wanted["source_orders"], "the window must hold sample orders"
+        assert {row[0] for row in wanted["source_orders"]} == {"shopify", "erp_files"}
+        for table in wanted:
+            assert synced[table] == wanted[table], table
+        assert store.count("reconciliation_exceptions") > 0
+    finally:
+        store.dispose()
+        expected.dispose()

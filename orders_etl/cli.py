@@ -15,7 +15,7 @@ import os
 import sys
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, TextIO
@@ -139,16 +139,13 @@ def db_upgrade() -> int:
 
 
 def sync(start: date | None, end: date | None, *, defs: Any = None, out: TextIO | None = None) -> int:
-    import dagster as dg
-
     out = out or sys.stdout
     settings = _settings()
     if defs is None:
         from orders_etl.definitions import defs
     job = defs.resolve_job_def("sync_orders")
     partitions = job.partitions_def
-    with dg.build_resources({"store": defs.resources["store"]}) as resources:
-        store = resources.store.store
+    with _open_store(defs.resources["store"]) as store:
         first_day, last_day = _sync_range(start, end, store, defs.resources, settings, partitions)
         days = (last_day - first_day).days + 1
         plural = "s" if days != 1 else ""
@@ -203,6 +200,39 @@ def _sync_range(
     if start > end:
         raise UsageError(f"--start {start} is after --end {end}")
     return start, end
+
+
+@contextmanager
+def _open_store(resource: Any) -> Iterator[Any]:
+    """The run's store, opened (and migrated) up front: an unreachable store is one line."""
+    import dagster as dg
+
+    from orders_etl.store.engine import masked_url
+
+    url = resource.database_url
+    url = url.get_value() if isinstance(url, dg.EnvVar) else url
+    with ExitStack() as stack:
+        try:
+            resources = stack.enter_context(dg.build_resources({"store": resource}))
+        except Exception as exc:
+            cause = exc
+            while cause.__cause__ is not None:
+                cause = cause.__cause__
+            message = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+            password = _password(url)
+            if password:
+                message = message.replace(password, "***")
+            raise SyncFailed("store", f"cannot open {masked_url(url)}: {message}") from None
+        yield resources.store.store
+
+
+def _password(url: str | None) -> str | None:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).password if url else None
+    except Exception:
+        return None
 
 
 @contextmanager

@@ -222,6 +222,17 @@ def test_missing_erp_export_exits_1_and_keeps_the_erp_cursor(synced, tmp_path):
     store.dispose()
 
 
+def test_unreachable_store_exits_1_with_one_line_and_no_password():
+    url = f"postgresql+psycopg://etl:pw-secret-55@127.0.0.1:{closed_port()}/orders"
+    result = run_cli("sync", ORDERS_ETL_DATABASE_URL=url)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "orders-etl: store: cannot open postgresql+psycopg://etl:***@"
+    )
+    assert "pw-secret-55" not in result.stderr + result.stdout
+
+
 def test_bad_settings_and_arguments_exit_2_with_one_line(tmp_path):
     result = run_cli("sync", ORDERS_ETL_START_DATE="first of may")
     assert (result.returncode, result.stderr) == (

@@ -2,10 +2,11 @@
 runs), and a backfill launched the way the UI launches it (GraphQL ``launchPartitionBackfill``)
 runs through the daemon into the store.
 
-The test starts ``dagster dev`` (webserver, daemon, code server) from the repository root,
-with the default configuration (the bundled samples), a temporary ``DAGSTER_HOME`` and a
-temporary store, on 127.0.0.1 and a free port, in a process group of its own; at the end it
-stops exactly that group and checks that none of its processes survives. The store must
+The test starts ``dagster dev`` (webserver, daemon, code server) on the repository's
+``workspace.yaml`` with the file-backed sources on the bundled samples, a temporary
+``DAGSTER_HOME`` and a temporary store, on 127.0.0.1 and a free port, in a process group of
+its own; at the end it stops exactly that group and checks that none of its processes
+survives. The store must
 hold exactly what the plain readers and normalizers make of the same three days. The
 backfill daemon works in 30-second ticks, so this takes a minute or two; timeouts are
 generous for a busy 2-core CI.
@@ -194,7 +195,8 @@ def dagster_dev(tmp_path: Path) -> Iterator[tuple[DagsterDev, str]]:
         "  enabled: false\n"
     )
     store_url = f"sqlite:///{tmp_path / 'orders.db'}"
-    # The defaults, as on a fresh clone: the bundled samples; only the store is private.
+    # The file-backed sources on the bundled samples, as on a fresh clone; the store is private.
+    # (Run from a temporary directory, so no developer's .env is read.)
     clean = {
         k: v for k, v in os.environ.items() if not k.startswith(("ORDERS_ETL_", "SHOPIFY_", "BC_", "ERP_"))
     }
@@ -202,6 +204,8 @@ def dagster_dev(tmp_path: Path) -> Iterator[tuple[DagsterDev, str]]:
         **clean,
         "DAGSTER_HOME": str(home),
         "ORDERS_ETL_DATABASE_URL": store_url,
+        "SHOPIFY_BULK_FILE": str(SAMPLES / "shopify_orders.jsonl"),
+        "ERP_EXPORT_PATH": str(SAMPLES / "erp_orders.csv"),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     port = free_port()
@@ -209,7 +213,7 @@ def dagster_dev(tmp_path: Path) -> Iterator[tuple[DagsterDev, str]]:
     with log.open("wb") as output:
         process = subprocess.Popen(
             [str(DAGSTER), "dev", "-w", str(ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
-            cwd=ROOT,
+            cwd=tmp_path,
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,

@@ -21,8 +21,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The UI and the daemon on a local instance; runs and schedules persist in .dagster_home.
 dev: $(STAMP)
-	mkdir -p .dagster_home
+	mkdir -p .dagster_home && touch .dagster_home/dagster.yaml
 	DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/dagster dev -w workspace.yaml
 
 lint: $(STAMP)

@@ -308,3 +308,26 @@ def test_progress_lines_count_each_stage(double_defs, capsys):
     assert "done  shopify/source_orders    inserted 2, updated 0, unchanged 0, stale 1, rejected 1" in out
     summary = next(line for line in out.splitlines() if line.startswith("shopify "))
     assert summary.split() == ["shopify", "5", "5", "2", "0", "0", "1", "1", "1", "1"]
+
+
+def test_first_sync_also_reads_orders_updated_before_the_start_date(tmp_path) -> None:
+    # The samples span September and October 2026; partitions here start in October.
+    url = f"sqlite:///{tmp_path / 'orders.db'}"
+    result = run_cli("sync", ORDERS_ETL_DATABASE_URL=url, ORDERS_ETL_START_DATE="2026-10-01")
+    assert result.returncode == 0, result.stderr
+    store = OrderStore.from_url(url)
+    try:
+        with store.engine.connect() as conn:
+            september = conn.execute(
+                sa.text(
+                    "SELECT COUNT(*) FROM source_orders "
+                    "WHERE source = 'shopify' AND updated_at < '2026-10-01'"
+                )
+            ).scalar_one()
+            total = conn.execute(
+                sa.text("SELECT COUNT(*) FROM source_orders WHERE source = 'shopify'")
+            ).scalar_one()
+    finally:
+        store.dispose()
+    assert september > 0
+    assert total == 290  # every non-test, well-formed sample order

@@ -85,28 +85,39 @@ def source_failure(exc: SourceError) -> dg.Failure:
 
 @dataclass(frozen=True)
 class SyncWindow:
-    """The partitions a run covers, widened by the overlap on both sides."""
+    """The partitions a run covers, widened by the overlap on both sides.
+
+    A window that begins at the first partition has no lower bound: the first partition
+    also covers every order updated before it, so a first sync never silently skips the
+    orders older than ``ORDERS_ETL_START_DATE``.
+    """
 
     partitions_start: datetime
     partitions_end: datetime
     overlap: timedelta
+    from_beginning: bool = False
 
     @property
-    def start(self) -> datetime:
-        return self.partitions_start - self.overlap
+    def start(self) -> datetime | None:
+        return None if self.from_beginning else self.partitions_start - self.overlap
 
     @property
     def end(self) -> datetime:
         return self.partitions_end + self.overlap
 
     def describe(self) -> str:
-        return f"{self.start.isoformat()} .. {self.end.isoformat()}"
+        start = "the beginning" if self.start is None else self.start.isoformat()
+        return f"{start} .. {self.end.isoformat()}"
 
 
 def sync_window(context: dg.AssetExecutionContext, overlap_minutes: int) -> SyncWindow:
     window = context.partition_time_window
+    first_partition = context.assets_def.partitions_def.start  # type: ignore[union-attr]
     return SyncWindow(
-        window.start.astimezone(UTC), window.end.astimezone(UTC), timedelta(minutes=overlap_minutes)
+        window.start.astimezone(UTC),
+        window.end.astimezone(UTC),
+        timedelta(minutes=overlap_minutes),
+        from_beginning=window.start <= first_partition,
     )
 
 
@@ -260,8 +271,7 @@ def advance_cursor(
     The mark is capped at the run's creation: updates after that may not have been visible.
     """
     current = store.high_water_mark(source)
-    first_partition = context.assets_def.partitions_def.start.astimezone(UTC)  # type: ignore[union-attr]
-    contiguous = window.start <= current if current is not None else window.start <= first_partition
+    contiguous = window.start is None or (current is not None and window.start <= current)
     if not contiguous:
         context.log.info(
             f"{source}: high-water mark stays at {current or 'unset'}: this window starts later "

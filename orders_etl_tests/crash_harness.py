@@ -186,3 +186,16 @@ def updated_keys(url: str) -> dict[str, dict[str, datetime]]:
             return found
     finally:
         engine.dispose()
+
+
+def debug_dagster_home(path: Path) -> Path:
+    """A DAGSTER_HOME whose runs store every event, with DEBUG records of the HTTP clients,
+    the database layer and our own loggers captured into the event log.
+    """
+    path.mkdir()
+    (path / "dagster.yaml").write_text(
+        "telemetry:\n  enabled: false\n"
+        "python_logs:\n  python_log_level: DEBUG\n"
+        "  managed_python_loggers: [httpx, httpcore, sqlalchemy, psycopg, orders_etl, dagster]\n"
+    )
+    return path

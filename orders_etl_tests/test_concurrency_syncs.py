@@ -18,7 +18,8 @@ test_assets_postgres.py.)
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
@@ -35,6 +36,7 @@ from orders_etl_tests.crash_harness import (
     updated_keys,
     write_erp_export,
 )
+from orders_etl_tests.fake_shopify import money
 
 OVERLAPPING = (
     ("--start", "2026-03-01", "--end", "2026-03-06"),
@@ -106,3 +108,67 @@ def test_two_syncs_at_once_equal_the_same_syncs_in_sequence(store_url, tmp_path,
             assert committed_before <= keys[source], source
     finally:
         fake.stop()
+
+
+def newest_landed_not_kept(url: str) -> tuple[int, list[tuple]]:
+    """(rows compared, keys whose source_orders row is older than the newest version landed
+    in raw_orders for that key).
+    """
+    engine = create_store_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT s.source, s.external_id, r.newest <> s.updated_at FROM source_orders s JOIN ("
+                    " SELECT source, record_key, MAX(updated_at) AS newest FROM raw_orders"
+                    " GROUP BY source, record_key) r"
+                    " ON r.source = s.source AND r.record_key = s.external_id"
+                )
+            ).all()
+            return len(rows), [tuple(row[:2]) for row in rows if row[2]]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.timeout(180)
+def test_orders_updated_while_two_syncs_run_keep_their_newest_version(store_url, tmp_path):
+    """The merchant edits orders while both syncs page (one edit per page served, the clock
+    after every original version and inside both windows): every order ends at the newest
+    version any sync landed, and the edits the syncs saw are in the store.
+    """
+    clock = iter(range(1_000_000))
+    moment = datetime(2026, 3, 10, 23, 30, tzinfo=UTC)
+    fake = shop(300, step=timedelta(minutes=48), now=lambda: moment + timedelta(seconds=next(clock)))
+    edited: list[str] = []
+
+    def edit(pages_served: int) -> None:
+        legacy_id = 5001 + (pages_served * 37) % 300
+        order = fake.orders[f"gid://shopify/Order/{legacy_id}"]
+        total = Decimal(order["totalPriceSet"]["shopMoney"]["amount"]) + pages_served
+        fake.update_order(legacy_id, totalPriceSet=money(total, order["currencyCode"]))
+        edited.append(str(legacy_id))
+
+    fake.after_orders_page = edit
+    try:
+        env = cli_env(store_url, fake.url, write_erp_export(tmp_path / "erp.csv", step_minutes=120))
+        both_see_edits = (
+            ("--start", "2026-03-01", "--end", "2026-03-10"),
+            ("--start", "2026-03-06", "--end", "2026-03-10"),
+        )
+        for status, stderr in run_together(env, *both_see_edits):
+            assert status == 0, stderr
+    finally:
+        fake.stop()
+    assert len(edited) >= 20
+    assert duplicates(store_url) == 0
+    # Every Shopify order compared (ERP documents are keyed differently in raw_orders).
+    assert newest_landed_not_kept(store_url) == (300, [])
+    # An edit made after both syncs paged past it is for the next sync; none is newer than
+    # the server, and most edits were seen.
+    stored = updated_keys(store_url)["shopify"]
+    current = 0
+    for legacy_id in set(edited):
+        server = datetime.fromisoformat(fake.orders[f"gid://shopify/Order/{legacy_id}"]["updatedAt"])
+        assert stored[legacy_id] <= server
+        current += stored[legacy_id] == server
+    assert current >= len(set(edited)) // 2

@@ -41,10 +41,15 @@ class ShortPageShopify(FakeShopify):
         return super().orders_connection(min(first or self.page_cap, self.page_cap), *args, **kwargs)
 
 
-def shop(count: int = 300, step: timedelta = timedelta(seconds=20), **kwargs: Any) -> ShortPageShopify:
-    """A started fake shop of ``count`` orders updated ``step`` apart from 2026-03-01 00:00 UTC."""
+def shop(
+    count: int = 300,
+    step: timedelta = timedelta(seconds=20),
+    start: datetime = datetime(2026, 3, 1, tzinfo=UTC),
+    **kwargs: Any,
+) -> ShortPageShopify:
+    """A started fake shop of ``count`` orders updated ``step`` apart from ``start``."""
     kwargs.setdefault("access_token", TOKEN)
-    return ShortPageShopify(make_orders(count, step=step), **kwargs).start()
+    return ShortPageShopify(make_orders(count, step=step, start=start), **kwargs).start()
 
 
 def cli_env(
@@ -137,9 +142,11 @@ def _utc(value: Any) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def write_erp_export(path: Path, count: int = 120, step_minutes: int = 5) -> Path:
+def write_erp_export(
+    path: Path, count: int = 120, step_minutes: int = 5, start: datetime = datetime(2026, 3, 1)
+) -> Path:
     """The sample ERP export cut to ``count`` documents pointing at the fake shop's orders
-    (#6001, #6003, ...) and modified ``step_minutes`` apart from 2026-03-01 00:00, so the ERP
+    (#6001, #6003, ...) and modified ``step_minutes`` apart from ``start`` (UTC), so the ERP
     side lands, upserts and reconciles in the fake shop's days. Same dialect as the sample.
     """
     lines = (SAMPLES / "erp_orders.csv").read_bytes().decode("latin-1").splitlines()
@@ -147,7 +154,7 @@ def write_erp_export(path: Path, count: int = 120, step_minutes: int = 5) -> Pat
     out = []
     for index, row in enumerate(rows):
         fields = row.split(";")
-        modified = datetime(2026, 3, 1) + timedelta(minutes=step_minutes * index)
+        modified = start + timedelta(minutes=step_minutes * index)
         fields[1] = f"#{6001 + 2 * index}"
         fields[2] = modified.strftime("%d.%m.%Y")
         fields[3] = modified.strftime("%d.%m.%Y %H:%M")

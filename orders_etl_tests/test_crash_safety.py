@@ -19,6 +19,8 @@ import os
 import signal
 import threading
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,7 @@ from orders_etl_tests.crash_harness import (
     updated_keys,
     write_erp_export,
 )
+from orders_etl_tests.fake_shopify import money
 
 DAY = ("--start", "2026-03-01", "--end", "2026-03-01")
 CHAIN = 5  # kills on one store before a sync is let run to completion
@@ -87,9 +90,10 @@ KILL_POINTS = [
 ]
 
 
-def killed_sync(env: dict[str, str], fake, point, errors: Path) -> int:
+def killed_sync(env: dict[str, str], fake, point, errors: Path, args: tuple[str, ...] = DAY) -> int:
     """Start a sync, SIGKILL its process group at ``point``; the exit status (-9 if killed)."""
-    process = start_sync(env, *DAY)
+    process = start_sync(env, *args)
+    on_page = fake.after_orders_page
 
     def kill() -> None:
         if process.poll() is None:
@@ -98,7 +102,14 @@ def killed_sync(env: dict[str, str], fake, point, errors: Path) -> int:
     timers: list[threading.Timer] = []
     pages_before = fake.stats.operations["OrdersPage"]
     if isinstance(point, Page):
-        fake.after_orders_page = lambda served: kill() if served - pages_before >= point.n else None
+
+        def page_served(served: int) -> None:
+            if on_page is not None:
+                on_page(served)
+            if served - pages_before >= point.n:
+                kill()
+
+        fake.after_orders_page = page_served
     elif isinstance(point, At):
         timers.append(threading.Timer(point.seconds, kill))
         timers[-1].start()
@@ -117,7 +128,7 @@ def killed_sync(env: dict[str, str], fake, point, errors: Path) -> int:
         stderr_thread.join(timeout=10)
         return status
     finally:
-        fake.after_orders_page = None
+        fake.after_orders_page = on_page
         for timer in timers:
             timer.cancel()
         if process.poll() is None:
@@ -161,5 +172,70 @@ def test_sync_killed_at_20_points_loses_nothing_and_never_moves_a_mark_past_data
         print(f"crash safety on {backend}: {killed} syncs killed mid-run, store equal after each chain")
         # Kills that came too late (the sync had finished) prove nothing: most must land.
         assert killed >= 18, f"only {killed} of {len(KILL_POINTS)} syncs were killed mid-run"
+    finally:
+        fake.stop()
+
+
+EDIT_KILLS = [Page(4), After(RAW_DONE), After("done  erp/source_orders"), Page(15)]
+
+
+def stored_versions(url: str) -> dict[str, datetime]:
+    return updated_keys(url).get("shopify", {})
+
+
+@pytest.mark.timeout(180)
+def test_edits_between_and_during_crashed_scheduled_syncs_are_never_lost(store_url, tmp_path):
+    """The way the hourly schedule runs: no range given (from the marks minus the overlap),
+    on a store already synced, while the merchant keeps editing orders (before each sync and
+    on every page served). After each kill, every order the server holds at a version
+    updated before the Shopify mark is stored at that version. After a sync completes, the
+    store equals a fresh store synced once from the server's final state.
+    """
+    now = datetime.now(UTC).replace(microsecond=0)
+    yesterday = (now - timedelta(days=1)).date().isoformat()
+    fake = shop(200, step=timedelta(seconds=15), start=now - timedelta(hours=1))
+    erp = write_erp_export(tmp_path / "erp.csv", 40, 2, (now - timedelta(hours=2)).replace(tzinfo=None))
+    edits = iter(range(10_000))
+
+    def edit(*_: object) -> None:
+        n = next(edits)
+        legacy_id = 5001 + (n * 53) % 200
+        order = fake.orders[f"gid://shopify/Order/{legacy_id}"]
+        total = Decimal(order["totalPriceSet"]["shopMoney"]["amount"]) + 1
+        fake.update_order(legacy_id, totalPriceSet=money(total, order["currencyCode"]))
+
+    def server_versions() -> dict[str, datetime]:
+        return {o["legacyResourceId"]: datetime.fromisoformat(o["updatedAt"]) for o in fake.orders.values()}
+
+    try:
+        env = cli_env(store_url, fake.url, erp, ORDERS_ETL_START_DATE=yesterday)
+        first = run_sync(env)
+        assert first.returncode == 0, first.stderr
+        killed = 0
+        for point in EDIT_KILLS:
+            for _ in range(5):
+                edit()
+            fake.after_orders_page = edit  # killed_sync replaces it for Page points
+            status = killed_sync(env, fake, point, tmp_path / "stderr.txt", args=())
+            killed += status == -signal.SIGKILL
+            mark = marks_and_keys(store_url)[0]["shopify"]
+            stored, server = stored_versions(store_url), server_versions()
+            behind = [k for k, v in server.items() if v < mark and stored.get(k) != v]
+            assert not behind, f"after kill at {point}: mark {mark}, {len(behind)} orders behind the server"
+        fake.after_orders_page = None  # the merchant stops: the server's state is final
+        finished = run_sync(env)
+        assert finished.returncode == 0, finished.stderr
+        assert killed == len(EDIT_KILLS)
+
+        fresh = tmp_path / "fresh"
+        fresh.mkdir()
+        fresh_url = f"sqlite:///{fresh / 'orders.db'}" if store_url.startswith("sqlite") else store_url
+        resynced = content(store_url)
+        if fresh_url == store_url:
+            reset_store(store_url)
+        clean = run_sync(cli_env(fresh_url, fake.url, erp, ORDERS_ETL_START_DATE=yesterday))
+        assert clean.returncode == 0, clean.stderr
+        assert resynced == content(fresh_url)
+        assert stored_versions(fresh_url) == {k: v for k, v in server_versions().items()}
     finally:
         fake.stop()

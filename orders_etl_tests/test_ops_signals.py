@@ -5,15 +5,26 @@ refuses the access token (HTTP 401) and the ERP export path does not exist. The 
 with one line on stderr; the run is recorded as failed in DAGSTER_HOME's run storage, each
 failed step carries a one-line ``<source>: <cause>`` naming what to fix (and the same
 ``source``/``cause`` as metadata), and the run failure names the failed steps. No high-water
-mark moved.
+mark moved. And ``report`` and ``db upgrade`` on an unreachable store fail as ``sync`` does:
+one line with the URL masked, exit 1.
 """
 
 from __future__ import annotations
 
+import subprocess
+
 import dagster as dg
 import pytest
 
-from orders_etl_tests.crash_harness import cli_env, debug_dagster_home, marks_and_keys, run_sync, shop
+from orders_etl_tests.crash_harness import (
+    ORDERS_ETL,
+    cli_env,
+    debug_dagster_home,
+    marks_and_keys,
+    run_sync,
+    shop,
+)
+from orders_etl_tests.test_cli import closed_port
 
 FAILURE_PREFIX = "dagster._core.definitions.events.Failure: "
 
@@ -57,3 +68,22 @@ def test_failed_sync_leaves_a_failed_run_with_one_line_causes(sqlite_url, tmp_pa
     [run_failure] = [e for e in events if e.event_type_value == "PIPELINE_FAILURE"]
     assert "shopify__raw_orders" in run_failure.message and "erp__raw_orders" in run_failure.message
     assert marks_and_keys(sqlite_url) == ({}, {})  # nothing committed, no mark moved
+
+
+@pytest.mark.parametrize("command", [("report",), ("db", "upgrade")], ids=["report", "db-upgrade"])
+def test_unreachable_store_is_one_masked_line_for_every_command(command, tmp_path):
+    url = f"postgresql+psycopg://etl:pwSECRETops_3c1@127.0.0.1:{closed_port()}/orders"
+    result = subprocess.run(
+        [str(ORDERS_ETL), *command],
+        cwd=tmp_path,
+        env=cli_env(url, None),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr  # no traceback
+    assert result.stderr.startswith(
+        f"orders-etl: store: cannot open {url.replace('pwSECRETops_3c1', '***')}: "
+    )
+    assert "pwSECRETops_3c1" not in result.stdout + result.stderr

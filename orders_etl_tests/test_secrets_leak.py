@@ -3,8 +3,9 @@ appear in no output, no Dagster event, no file under DAGSTER_HOME and no excepti
 
 Syncs run as the real console script with DEBUG logging captured into the event log
 (httpx, httpcore, SQLAlchemy, psycopg, orders_etl) and DAGSTER_HOME set, so every event
-and log record is stored: a working sync that sends every secret (fake Shopify and fake
-Business Central accept them, PostgreSQL as a role with that password), a sync whose
+and log record is stored: working syncs that send every secret (fake Shopify accepts the
+token, or the client credentials and issues a token; fake Business Central accepts its client
+secret; PostgreSQL as a role with that password), a sync whose
 sources both refuse their credentials (401), and syncs whose database cannot be reached
 or refuses the role. The secrets are real inputs each time: the fakes saw them.
 """
@@ -102,6 +103,7 @@ def test_no_secret_in_outputs_events_files_or_errors(password_url, tmp_path):
         return result
 
     accepting_shop = shop(30, access_token=SHOP_TOKEN)
+    granting_shop = shop(30, access_token=None, client_id=CLIENT_ID, client_secret=SHOP_CLIENT_SECRET)
     # Client credentials: the shop knows this app by another secret, so it refuses ours.
     refusing_shop = shop(30, access_token=None, client_id=CLIENT_ID, client_secret="shpss_another")
     try:
@@ -113,6 +115,10 @@ def test_no_secret_in_outputs_events_files_or_errors(password_url, tmp_path):
             assert working.returncode == 0, working.stderr
             assert f"into postgresql+psycopg://{role}:***@127.0.0.1" in working.stdout  # masked, shown
             assert accepting_shop.stats.graphql > 0 and accepting_bc.token_requests > 0  # secrets were used
+
+            granted = sync("client credentials", password_url, granting_shop.url, accepting_bc, True)
+            assert granted.returncode == 0, granted.stderr
+            assert granting_shop.issued_tokens and granting_shop.stats.graphql > 0
 
             refused = sync("refused sources", password_url, refusing_shop.url, refusing_bc, True)
             assert refused.returncode == 1
@@ -134,10 +140,12 @@ def test_no_secret_in_outputs_events_files_or_errors(password_url, tmp_path):
             assert missing.returncode == 1 and missing.stderr.count("\n") == 1
             assert f"{role}:***@" in missing.stderr and "does not exist" in missing.stderr
 
-            issued = tuple(accepting_bc.all_tokens + refusing_bc.all_tokens)
+            issued = tuple(
+                accepting_bc.all_tokens + refusing_bc.all_tokens + list(granting_shop.issued_tokens)
+            )
     finally:
-        accepting_shop.stop()
-        refusing_shop.stop()
+        for fake in (accepting_shop, granting_shop, refusing_shop):
+            fake.stop()
 
     texts = outputs + stored_texts(home)
     # DEBUG records of the HTTP client and the database layer were captured into the events.

@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, *, defs: Any = None) -> int:
     """Entry point of the console script; ``defs`` replaces the project's definitions (tests)."""
     args = _parser().parse_args(argv)
+    from sqlalchemy.exc import SQLAlchemyError  # here, like every heavy import: --help stays fast
+
     # Dagster's notes on beta/superseded APIs are for the project's developers, not for
     # someone running a sync.
     for category in ("BetaWarning", "PreviewWarning", "SupersessionWarning"):
@@ -83,9 +85,14 @@ def main(argv: Sequence[str] | None = None, *, defs: Any = None) -> int:
     try:
         if args.command == "sync":
             return sync(args.start, args.end, defs=defs)
-        if args.command == "report":
-            return report(args.format, args.since)
-        return db_upgrade()
+        try:
+            if args.command == "report":
+                return report(args.format, args.since)
+            return db_upgrade()
+        except SQLAlchemyError as exc:  # e.g. the store is unreachable: one line, URL masked
+            from orders_etl.store.engine import database_url_from_env
+
+            raise _store_failure(database_url_from_env(), exc) from None
     except UsageError as exc:
         print(f"orders-etl: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -207,23 +214,28 @@ def _open_store(resource: Any) -> Iterator[Any]:
     """The run's store, opened (and migrated) up front: an unreachable store is one line."""
     import dagster as dg
 
-    from orders_etl.store.engine import masked_url
-
     url = resource.database_url
     url = url.get_value() if isinstance(url, dg.EnvVar) else url
     with ExitStack() as stack:
         try:
             resources = stack.enter_context(dg.build_resources({"store": resource}))
         except Exception as exc:
-            cause = exc
-            while cause.__cause__ is not None:
-                cause = cause.__cause__
-            message = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-            password = _password(url)
-            if password:
-                message = message.replace(password, "***")
-            raise SyncFailed("store", f"cannot open {masked_url(url)}: {message}") from None
+            raise _store_failure(url, exc) from None
         yield resources.store.store
+
+
+def _store_failure(url: str, exc: BaseException) -> SyncFailed:
+    """``store: cannot open <masked URL>: <first line of the root cause>``."""
+    from orders_etl.store.engine import masked_url
+
+    cause = exc
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    message = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    password = _password(url)
+    if password:
+        message = message.replace(password, "***")
+    return SyncFailed("store", f"cannot open {masked_url(url)}: {message}")
 
 
 def _password(url: str | None) -> str | None:

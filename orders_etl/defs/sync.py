@@ -268,7 +268,8 @@ def advance_cursor(
     The mark only ever covers time synced without a gap: it moves when this window starts
     at or before the current mark (or at the first partition, on a first sync). A backfill
     of some later days leaves it where it is, so "since the last sync" never skips a day.
-    The mark is capped at the run's creation: updates after that may not have been visible.
+    The mark is capped at the run's creation (to the second below): updates after that may
+    not have been visible.
     """
     current = store.high_water_mark(source)
     contiguous = window.start is None or (current is not None and window.start <= current)
@@ -278,7 +279,9 @@ def advance_cursor(
             "(sync the gap to move it)"
         )
         return current
-    mark = min(window.end, run_created_at(context))
+    # Whole seconds: sources stamp updates to the second (Shopify's updatedAt), so an order
+    # edited later in the second the run was created carries a time before a sub-second mark.
+    mark = min(window.end, run_created_at(context).replace(microsecond=0))
     new = store.advance_high_water_mark(source, mark, run_id=context.run.run_id)
     context.log.info(f"{source}: high-water mark {current or 'unset'} -> {new}")
     return new

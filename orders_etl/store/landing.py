@@ -210,6 +210,11 @@ def advance_high_water_mark(
         statement = statement.on_conflict_do_update(
             index_elements=["source"],
             set_={"high_water_mark": mark, "updated_at": now, "run_id": run_id},
+            # On PostgreSQL the read above does not wait for a concurrent sync's uncommitted
+            # advance: re-check against the row as committed, so a later mark is never undone.
+            where=sync_state.c.high_water_mark < mark,
         )
         conn.execute(statement)
-    return mark
+        return conn.execute(
+            sa.select(sync_state.c.high_water_mark).where(sync_state.c.source == source)
+        ).scalar_one()

@@ -52,9 +52,11 @@ def _json_default(value: Any) -> Any:
 
 
 def dump_payload(payload: Any) -> str:
-    """Canonical JSON (sorted keys, no spaces): equal payloads give equal text and hash."""
-    if isinstance(payload, str):
-        return payload
+    """Canonical JSON (sorted keys, no spaces): equal payloads give equal text and hash.
+
+    A payload is always encoded, a string too: a source that sends a bare JSON string where
+    an order should be must land as JSON, or reading the landing back would fail.
+    """
     return json.dumps(
         payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default
     )

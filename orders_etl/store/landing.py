@@ -57,9 +57,17 @@ def dump_payload(payload: Any) -> str:
     A payload is always encoded, a string too: a source that sends a bare JSON string where
     an order should be must land as JSON, or reading the landing back would fail.
     """
-    return json.dumps(
+    text = json.dumps(
         payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default
     )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (JSON may escape one: "\\ud800") has no UTF-8 form: keep it escaped.
+        text = json.dumps(
+            payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=_json_default
+        )
+    return text
 
 
 def load_payload(text: str) -> Any:

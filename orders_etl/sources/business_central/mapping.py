@@ -365,4 +365,7 @@ def _modified(doc: dict, where: str) -> datetime:
         raise _Unmappable(f"{where}.lastModifiedDateTime = {value!r} is not an ISO 8601 timestamp") from None
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise _Unmappable(f"{where}.lastModifiedDateTime = {value!r} has no timezone")
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise _Unmappable(f"{where}.lastModifiedDateTime = {value!r} is out of range in UTC") from None

@@ -24,7 +24,15 @@ from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, Protocol
 
-from orders_etl.model import InvalidOrder, OrderRecord, OrderStatus, Reject, Source, parse_order
+from orders_etl.model import (
+    MAX_AMOUNT,
+    InvalidOrder,
+    OrderRecord,
+    OrderStatus,
+    Reject,
+    Source,
+    parse_order,
+)
 from orders_etl.sources.base import NameResolver
 from orders_etl.sources.business_central import payment_status as ps
 
@@ -318,6 +326,9 @@ def _optional_money(doc: dict, field: str, where: str) -> Decimal | None:
         raise _Unmappable(f"{where}.{field} = {value!r} is not a decimal amount") from None
     if not amount.is_finite() or amount < 0:
         raise _Unmappable(f"{where}.{field} = {value!r} must be a finite, non-negative amount")
+    if amount >= MAX_AMOUNT:
+        # Summing two such amounts (9E+999999) overflows Decimal; no order is this large.
+        raise _Unmappable(f"{where}.{field} = {value!r} is out of range")
     return amount
 
 

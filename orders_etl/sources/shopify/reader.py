@@ -267,6 +267,7 @@ class ShopifyApiReader:
     def _pages(self, search: str | None, log: Log) -> Iterator[RawRecord]:
         after: str | None = None
         page = total = 0
+        cursors: dict[str, int] = {}  # cursor -> the page that gave it
         while True:
             variables = {"first": self.page_size, "after": after, "query": search}
             connection = self.client.execute(ORDERS_PAGE_QUERY, variables, log=log).get("orders")
@@ -291,9 +292,23 @@ class ShopifyApiReader:
             log(f"shopify: page {page}: {len(connection['nodes'])} orders, {total} so far{budget}")
             if not page_info["hasNextPage"]:
                 return
+            if not connection["nodes"]:
+                raise SourceError(
+                    SOURCE,
+                    f"orders page {page} is empty but says there is a next page; the window was not read "
+                    "completely",
+                )
             after = page_info.get("endCursor")
             if not isinstance(after, str) or not after:
                 raise SourceError(SOURCE, f"orders page {page} says there is a next page but gives no cursor")
+            if after in cursors:
+                # Following it would read the same pages again, forever.
+                raise SourceError(
+                    SOURCE,
+                    f"orders page {page} gives the same cursor as page {cursors[after]}: Shopify is paging "
+                    "in a loop; the window was not read completely",
+                )
+            cursors[after] = page
 
     def _bulk(self, search: str | None, log: Log) -> Iterator[RawRecord]:
         try:

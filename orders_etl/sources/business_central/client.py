@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 from tenacity import (
@@ -116,12 +116,15 @@ class BusinessCentralClient:
     def _check_next(
         self, entity: str, page: int, values: list, next_url: str, followed: dict[str, int]
     ) -> None:
-        """A next link is followed only if it leads somewhere new."""
+        """A next link is followed only if it leads somewhere new on the same server."""
         what = f"GET {entity} page {page}"
         if not values:
             raise SourceError(
                 SOURCE, f"{what}: an empty page with an '@odata.nextLink'; the read is not complete"
             )
+        if urlsplit(next_url)[:2] != urlsplit(self.company_url)[:2]:
+            # Following it would send the bearer token to another host.
+            raise SourceError(SOURCE, f"{what}: '@odata.nextLink' points to another host; not followed")
         if next_url in followed:
             raise SourceError(
                 SOURCE,

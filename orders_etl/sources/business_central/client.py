@@ -204,7 +204,7 @@ class BusinessCentralClient:
                 raise SourceError(SOURCE, f"GET {what}: HTTP {status}{_bc_error(response)}")
             try:
                 body = json.loads(response.content, parse_float=Decimal)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except ValueError:  # JSONDecodeError, UnicodeDecodeError, a number beyond 4,300 digits
                 # A proxy's HTML error page or a body cut short: worth another try.
                 raise TransientError("the answer is not complete JSON") from None
             if not isinstance(body, dict):

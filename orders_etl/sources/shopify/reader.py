@@ -9,6 +9,7 @@ are committed. A reader that cannot deliver the whole window raises ``SourceErro
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -46,6 +47,7 @@ from orders_etl.sources.shopify.queries import (
     orders_search,
 )
 from orders_etl.store import RawRecord
+from orders_etl.store.landing import dump_payload
 
 
 @dataclass
@@ -74,8 +76,13 @@ def raw_record(node: dict[str, Any], line: int | None = None) -> RawRecord:
         key = str(legacy)
     elif isinstance(node.get("id"), str) and node["id"].strip():
         key = node["id"]
+    elif line is not None:
+        key = f"line:{line}"
     else:
-        key = f"line:{line}" if line is not None else "unknown"
+        # Keyed on its content: two different records without an id must not share (and
+        # overwrite) one reject row, as they did under the single key "unknown".
+        digest = hashlib.blake2b(dump_payload(node).encode(), digest_size=8).hexdigest()
+        key = f"unkeyed:{digest}"
     try:
         updated = parse_time(node.get("updatedAt"))
     except ValueError:

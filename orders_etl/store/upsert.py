@@ -346,8 +346,13 @@ def _drop_superseded_erp_keys(conn: Connection, source: str) -> None:
         f"{superseded} AND updated_at >= (SELECT so.updated_at FROM source_orders AS so "
         "WHERE so.source = :source AND so.external_id = staging_orders.number)"
     )
+    # A provisional row is keyed on its own number; a row keyed on a Shopify id that happens to
+    # equal another document's ERP number is a different order and stays.
     conn.execute(
-        sa.text(f"DELETE FROM source_orders WHERE source = :source AND external_id IN ({not_newer})"),
+        sa.text(
+            "DELETE FROM source_orders WHERE source = :source AND number = external_id "
+            f"AND external_id IN ({not_newer})"
+        ),
         {"source": source},
     )
     conn.execute(

@@ -125,16 +125,18 @@ def _documents(payload: Any) -> list[dict[str, Any]]:
 
 def check_texts_as_sent(outcome) -> None:
     """Each stored order's identifiers are the documents' own, only trimmed."""
+
+    def text(value: Any) -> str:
+        return value.strip() if isinstance(value, str) else ""
+
     for landed, item in outcome.pairs():
         if not isinstance(item, OrderRecord):
             continue
-        head = landed.payload["salesOrder"] or landed.payload["salesInvoices"][0]
-        sent_number = (
-            head["number"] if landed.payload["salesOrder"] else (head["orderNumber"] or head["number"])
-        )
-        assert item.number.encode() == sent_number.strip().encode()
-        customer = head.get("customerNumber")
-        assert item.customer_id == ((customer.strip() or None) if isinstance(customer, str) else None)
+        order, invoices = landed.payload["salesOrder"], landed.payload["salesInvoices"]
+        head = order or invoices[0]
+        number = text(head["number"]) if order else (text(head.get("orderNumber")) or text(head["number"]))
+        assert item.number.encode() == number.encode()
+        assert item.customer_id == (text(head.get("customerNumber")) or None)
 
 
 @fuzz_settings(120)
@@ -194,3 +196,12 @@ def test_a_newer_erp_version_survives_an_older_one_that_resolves_elsewhere(store
     assert sorted(store.read_table("source_orders")["external_id"]) == ["5001", "SO1"]
     store.upsert(SOURCE, [order("5001", number="SO1", updated_at=BASE_TIME + timedelta(hours=2))])
     assert sorted(store.read_table("source_orders")["external_id"]) == ["5001"]  # resolved later: dropped
+
+
+def test_an_order_keyed_on_a_reference_equal_to_another_documents_number_stays(store: OrderStore) -> None:
+    """Reference kind id: document A refers to "1001"; document B's own number is "1001"."""
+    a = order("1001", number="SO-A")  # keyed on its Shopify reference
+    b = order("2002", number="1001")  # the ERP document numbered 1001, resolved elsewhere
+    store.upsert(SOURCE, [a])
+    store.upsert(SOURCE, [b])  # used to delete A: its key equals B's ERP number
+    assert sorted(store.read_table("source_orders")["external_id"]) == ["1001", "2002"]

@@ -27,12 +27,12 @@ import pytest
 
 from orders_etl.sources.base import CredentialRejected, SourceError
 from orders_etl.sources.shopify.deleted import destroyed_orders
+from orders_etl_tests import fake_shopify
 from orders_etl_tests.fake_shopify import (
     FAULT_KINDS,
     FakeShopify,
     Faults,
     _Handler,
-    api_reader,
     make_orders,
     node_key,
 )
@@ -84,6 +84,12 @@ def fake() -> Iterator[StormyShopify]:
     with StormyShopify(make_orders(120, start=START), faults=Faults(stall_s=0.6)) as server:
         yield server
         INJECTED.update(server.stats.faults)
+
+
+def api_reader(fake: FakeShopify, **overrides: Any) -> Any:
+    """The fake's test reader, with a timeout a busy machine cannot hit by accident (a test
+    that wants timeouts sets its own, below the fake's stall)."""
+    return fake_shopify.api_reader(fake, **({"timeout_s": 5.0} | overrides))
 
 
 def read(reader: Any) -> tuple[list[Any], SourceError | None, list[str]]:

@@ -100,7 +100,9 @@ class OrderStore:
 
     def shopify_ids_by_name(self, names: Iterable[str]) -> dict[str, str]:
         """Shopify ``name`` (e.g. ``#1001``) -> numeric ``external_id``, for names the store knows."""
-        wanted = sorted(set(names))
+        # A name no store can hold (NUL, lone surrogate) names no stored order; querying with
+        # it would fail (PostgreSQL refuses NUL, neither driver encodes a surrogate).
+        wanted = sorted(name for name in set(names) if landing.storable_text(name) == name)
         found: dict[str, str] = {}
         with reading(self.engine).connect() as conn:
             for start in range(0, len(wanted), 500):

@@ -23,6 +23,8 @@ from orders_etl.store.engine import reading
 from orders_etl.store.schema import order_rejects, raw_orders, sync_state
 
 LANDING_CHUNK_SIZE = 5_000
+# Record keys are indexed: a PostgreSQL btree entry much past 2.7 kB is refused.
+MAX_KEY_BYTES = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +54,47 @@ def _json_default(value: Any) -> Any:
 
 
 def dump_payload(payload: Any) -> str:
-    """Canonical JSON (sorted keys, no spaces): equal payloads give equal text and hash."""
-    if isinstance(payload, str):
-        return payload
-    return json.dumps(
+    """Canonical JSON (sorted keys, no spaces): equal payloads give equal text and hash.
+
+    A payload is always encoded, a string too: a source that sends a bare JSON string where
+    an order should be must land as JSON, or reading the landing back would fail.
+    """
+    text = json.dumps(
         payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default
     )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (JSON may escape one: "\\ud800") has no UTF-8 form: keep it escaped.
+        text = json.dumps(
+            payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=_json_default
+        )
+    return text
+
+
+def storable_text(text: str) -> str:
+    """``text`` as both stores can keep it: NUL and lone surrogates shown as escapes.
+
+    PostgreSQL text cannot hold NUL, and neither store can encode a lone surrogate; keys and
+    reasons quote what the source sent, so they may hold either.
+    """
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def storable_key(key: str) -> str:
+    """A record key as stored: :func:`storable_text`, and if still too long for an index,
+    cut and suffixed with a hash of the whole key (so distinct keys stay distinct)."""
+    text = storable_text(key)
+    if len(text.encode("utf-8")) > MAX_KEY_BYTES:
+        digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+        text = f"{text[:200]}...#{digest}"
+    return text
 
 
 def load_payload(text: str) -> Any:
@@ -97,7 +134,7 @@ def land_raw(
             rows.append(
                 {
                     "source": source,
-                    "record_key": record.record_key,
+                    "record_key": storable_key(record.record_key),
                     "updated_at": record.updated_at,
                     "payload": text,
                     "payload_hash": hashlib.blake2b(text.encode(), digest_size=16).hexdigest(),
@@ -157,18 +194,18 @@ def record_rejects(engine: Engine, rejects: Iterable[Reject], *, run_id: str | N
     count = 0
     now = datetime.now(UTC)
     for chunk in _chunks(rejects, LANDING_CHUNK_SIZE):
-        latest = {(r.source, r.record_key): r for r in chunk}
+        latest = {(r.source, storable_key(r.record_key)): r for r in chunk}
         rows = [
             {
-                "source": r.source,
-                "record_key": r.record_key,
-                "reason": r.reason,
+                "source": source,
+                "record_key": key,
+                "reason": storable_text(r.reason),
                 "payload": dump_payload(r.payload) if r.payload is not None else None,
                 "first_seen_at": now,
                 "last_seen_at": now,
                 "run_id": run_id,
             }
-            for r in latest.values()
+            for (source, key), r in latest.items()
         ]
         with engine.begin() as conn:
             statement = _insert(conn, order_rejects)

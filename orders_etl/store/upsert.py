@@ -339,8 +339,20 @@ def _drop_superseded_erp_keys(conn: Connection, source: str) -> None:
     superseded = (
         "SELECT number FROM staging_orders WHERE action IN ('insert', 'update') AND number <> external_id"
     )
+    # Only a provisional row that is not newer than the version resolving it: a later version
+    # keyed on the ERP number (its reference removed) must not lose to an older one. (One
+    # primary-key probe per staged row, as before.)
+    not_newer = (
+        f"{superseded} AND updated_at >= (SELECT so.updated_at FROM source_orders AS so "
+        "WHERE so.source = :source AND so.external_id = staging_orders.number)"
+    )
+    # A provisional row is keyed on its own number; a row keyed on a Shopify id that happens to
+    # equal another document's ERP number is a different order and stays.
     conn.execute(
-        sa.text(f"DELETE FROM source_orders WHERE source = :source AND external_id IN ({superseded})"),
+        sa.text(
+            "DELETE FROM source_orders WHERE source = :source AND number = external_id "
+            f"AND external_id IN ({not_newer})"
+        ),
         {"source": source},
     )
     conn.execute(

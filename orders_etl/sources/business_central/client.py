@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 from tenacity import (
@@ -93,6 +93,7 @@ class BusinessCentralClient:
             params["$select"] = select
         url: str | None = f"{self.company_url}/{entity}"
         page = 0
+        followed: dict[str, int] = {}  # next link -> the page that gave it
         while url is not None:
             page += 1
             body = self._get_json(url, params or None, what=f"{entity} page {page}")
@@ -101,13 +102,36 @@ class BusinessCentralClient:
                 raise SourceError(
                     SOURCE, f"GET {entity} page {page}: the answer has no 'value' list of documents"
                 )
-            yield values
             next_link = body.get("@odata.nextLink")
             if next_link is not None and not isinstance(next_link, str):
                 raise SourceError(SOURCE, f"GET {entity} page {page}: '@odata.nextLink' is not a URL")
             # The next link already carries the filter, select and skip token; OData allows
             # it to be relative to the page it came with.
-            url, params = (urljoin(url, next_link) if next_link is not None else None), None
+            next_url = urljoin(url, next_link) if next_link is not None else None
+            if next_url is not None:
+                self._check_next(entity, page, values, next_url, followed)
+            yield values
+            url, params = next_url, None
+
+    def _check_next(
+        self, entity: str, page: int, values: list, next_url: str, followed: dict[str, int]
+    ) -> None:
+        """A next link is followed only if it leads somewhere new on the same server."""
+        what = f"GET {entity} page {page}"
+        if not values:
+            raise SourceError(
+                SOURCE, f"{what}: an empty page with an '@odata.nextLink'; the read is not complete"
+            )
+        if urlsplit(next_url)[:2] != urlsplit(self.company_url)[:2]:
+            # Following it would send the bearer token to another host.
+            raise SourceError(SOURCE, f"{what}: '@odata.nextLink' points to another host; not followed")
+        if next_url in followed:
+            raise SourceError(
+                SOURCE,
+                f"{what}: '@odata.nextLink' repeats the one of page {followed[next_url]}: the server is "
+                "paging in a loop; the read is not complete",
+            )
+        followed[next_url] = page
 
     def collection(self, entity: str, *, filter: str | None = None, select: str | None = None) -> list[dict]:
         return [doc for page in self.pages(entity, filter=filter, select=select) for doc in page]
@@ -180,7 +204,7 @@ class BusinessCentralClient:
                 raise SourceError(SOURCE, f"GET {what}: HTTP {status}{_bc_error(response)}")
             try:
                 body = json.loads(response.content, parse_float=Decimal)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except ValueError:  # JSONDecodeError, UnicodeDecodeError, a number beyond 4,300 digits
                 # A proxy's HTML error page or a body cut short: worth another try.
                 raise TransientError("the answer is not complete JSON") from None
             if not isinstance(body, dict):

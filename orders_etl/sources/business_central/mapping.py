@@ -24,7 +24,15 @@ from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, Protocol
 
-from orders_etl.model import InvalidOrder, OrderRecord, OrderStatus, Reject, Source, parse_order
+from orders_etl.model import (
+    MAX_AMOUNT,
+    InvalidOrder,
+    OrderRecord,
+    OrderStatus,
+    Reject,
+    Source,
+    parse_order,
+)
 from orders_etl.sources.base import NameResolver
 from orders_etl.sources.business_central import payment_status as ps
 
@@ -318,6 +326,9 @@ def _optional_money(doc: dict, field: str, where: str) -> Decimal | None:
         raise _Unmappable(f"{where}.{field} = {value!r} is not a decimal amount") from None
     if not amount.is_finite() or amount < 0:
         raise _Unmappable(f"{where}.{field} = {value!r} must be a finite, non-negative amount")
+    if amount >= MAX_AMOUNT:
+        # Summing two such amounts (9E+999999) overflows Decimal; no order is this large.
+        raise _Unmappable(f"{where}.{field} = {value!r} is out of range")
     return amount
 
 
@@ -365,4 +376,7 @@ def _modified(doc: dict, where: str) -> datetime:
         raise _Unmappable(f"{where}.lastModifiedDateTime = {value!r} is not an ISO 8601 timestamp") from None
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise _Unmappable(f"{where}.lastModifiedDateTime = {value!r} has no timezone")
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise _Unmappable(f"{where}.lastModifiedDateTime = {value!r} is out of range in UTC") from None

@@ -319,10 +319,10 @@ def _latest_modification(documents: list[dict]) -> datetime | None:
             continue
         try:
             moment = datetime.fromisoformat(value)
-        except ValueError:
+            if moment.tzinfo is not None:
+                moments.append(moment.astimezone(UTC))
+        except (ValueError, OverflowError):  # e.g. 9999-12-31T23:00:00-05:00 is past year 9999 in UTC
             continue  # the normalizer rejects the bundle, naming the field
-        if moment.tzinfo is not None:
-            moments.append(moment.astimezone(UTC))
     return max(moments, default=None)
 
 

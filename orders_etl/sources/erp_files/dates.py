@@ -34,5 +34,8 @@ class DateParser:
                 continue
             if parsed.tzinfo is None:
                 parsed = parsed.replace(tzinfo=self.zone)
-            return parsed.astimezone(UTC)
+            try:
+                return parsed.astimezone(UTC)
+            except OverflowError:  # 01.01.0001 00:30 in Berlin is before year 1 in UTC
+                raise ValueError("is out of the representable range in UTC") from None
         raise ValueError(f"matches none of the date formats {list(self.formats)}")

@@ -116,6 +116,9 @@ class RecordReader:
         self._stream = stream
         self.separator = separator
         self.quote = quotechar
+        q, sep = re.escape(quotechar or '"'), re.escape(separator)
+        field = f"(?:{q}(?:[^{q}]|{q}{q})*{q}|[^{q}{sep}]*)"
+        self._rfc_record = re.compile(f"{field}(?:{sep}{field})*")
         self._feed = _Feed()
         # strict=False: a quote in the middle of an unquoted field is just a character.
         options = {"quotechar": quotechar, "doublequote": True} if quotechar else {"quoting": csv.QUOTE_NONE}
@@ -154,10 +157,9 @@ class RecordReader:
 
     def _rfc_clean(self, text: str) -> bool:
         """True when every quote opens or closes a field or is doubled, as RFC 4180 says."""
-        q, sep = self.quote, self.separator
-        rest = text.replace(q + q, "")
-        boundaries = rest.count(sep + q) + rest.count(q + sep) + rest.startswith(q) + rest.endswith(q)
-        return rest.count(q) == boundaries
+        # Counting quotes next to separators misjudged a field that starts with an escaped
+        # quote ('"""; x"'), so a valid row was re-read leniently, its cells shifted.
+        return self._rfc_record.fullmatch(text) is not None
 
     def _cells(self, text: str, width: int | None) -> list[str]:
         """The record's cells; the lenient reading wins where the strict one met non-RFC quoting."""

@@ -144,8 +144,8 @@ def iter_bulk_file(path: Path | str, stats: BulkFileStats | None = None) -> Iter
                     number, problem={"_unparsed_line": _text(raw), "_line": number, "_error": reason}
                 )
                 continue
-            if PARENT_KEY in value:
-                continue
+            if marker in raw and isinstance(value.get(PARENT_KEY), str):
+                continue  # a child line: the first pass took it (same test as there)
             own_id = value.get("id")
             if isinstance(own_id, str) and own_id in children:
                 _attach(value, children.pop(own_id))

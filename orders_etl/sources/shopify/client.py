@@ -52,6 +52,9 @@ class RetryPolicy:
     # THROTTLED answers tolerated per call; each is followed by the wait the bucket needs,
     # so reaching this means the bucket is shared with a busy app, not a bug of ours.
     max_throttle_waits: int = 30
+    # The longest single wait a 429's Retry-After (or the bucket's arithmetic) may impose: a
+    # proxy asking for a day must not stall the sync for a day.
+    max_throttle_wait_s: float = 300.0
 
 
 @dataclass
@@ -252,6 +255,7 @@ class ShopifyGraphQLClient:
         )
         if wait is None:
             wait = min(self.retry.backoff_max_s, self.retry.backoff_base_s * 2**waits)
+        wait = min(wait, self.retry.max_throttle_wait_s)
         log(f"shopify: throttled by Shopify; waiting {wait:.2f} s for the cost bucket to refill")
         self._wait(wait)
         return waits

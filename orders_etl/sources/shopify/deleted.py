@@ -33,6 +33,7 @@ def destroyed_orders(
     search = destroyed_orders_search(start, end)
     after: str | None = None
     pages = found = unusable = 0
+    cursors: dict[str, int] = {}  # cursor -> the page that gave it
     while True:
         data = client.execute(EVENTS_QUERY, {"first": page_size, "after": after, "query": search}, log=log)
         connection = data.get("events")
@@ -56,13 +57,23 @@ def destroyed_orders(
                 continue
             found += 1
             yield match.group(1), when
-        page_info = connection.get("pageInfo") or {}
+        page_info = connection.get("pageInfo")
+        if not isinstance(page_info, dict) or not isinstance(page_info.get("hasNextPage"), bool):
+            # Without pageInfo the last page cannot be told from a cut one: never guess.
+            raise SourceError(SOURCE, f"events page {pages} came without pageInfo.hasNextPage")
         log(f"shopify: deleted orders page {pages}: {found} destroyed orders so far")
-        if not page_info.get("hasNextPage"):
+        if not page_info["hasNextPage"]:
             break
+        if not connection["nodes"]:
+            raise SourceError(SOURCE, f"events page {pages} is empty but says there is a next page")
         after = page_info.get("endCursor")
-        if not after:
+        if not isinstance(after, str) or not after:
             raise SourceError(SOURCE, "events page says there is a next page but gives no cursor")
+        if after in cursors:
+            raise SourceError(
+                SOURCE, f"events page {pages} repeats the cursor of page {cursors[after]}: paging in a loop"
+            )
+        cursors[after] = pages
     log(
         f"shopify: {found} orders destroyed in the window"
         + (f", {unusable} events unusable" if unusable else "")

@@ -216,7 +216,10 @@ def parse_time(value: Any) -> datetime:
         raise ValueError("is not an ISO 8601 timestamp") from None
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         raise ValueError("has no timezone (ambiguous)")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:00:00-05:00 is past the last representable day
+        raise ValueError("is out of the representable range in UTC") from None
 
 
 # ---------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ are committed. A reader that cannot deliver the whole window raises ``SourceErro
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -46,6 +47,7 @@ from orders_etl.sources.shopify.queries import (
     orders_search,
 )
 from orders_etl.store import RawRecord
+from orders_etl.store.landing import dump_payload
 
 
 @dataclass
@@ -74,8 +76,13 @@ def raw_record(node: dict[str, Any], line: int | None = None) -> RawRecord:
         key = str(legacy)
     elif isinstance(node.get("id"), str) and node["id"].strip():
         key = node["id"]
+    elif line is not None:
+        key = f"line:{line}"
     else:
-        key = f"line:{line}" if line is not None else "unknown"
+        # Keyed on its content: two different records without an id must not share (and
+        # overwrite) one reject row, as they did under the single key "unknown".
+        digest = hashlib.blake2b(dump_payload(node).encode(), digest_size=8).hexdigest()
+        key = f"unkeyed:{digest}"
     try:
         updated = parse_time(node.get("updatedAt"))
     except ValueError:
@@ -267,6 +274,7 @@ class ShopifyApiReader:
     def _pages(self, search: str | None, log: Log) -> Iterator[RawRecord]:
         after: str | None = None
         page = total = 0
+        cursors: dict[str, int] = {}  # cursor -> the page that gave it
         while True:
             variables = {"first": self.page_size, "after": after, "query": search}
             connection = self.client.execute(ORDERS_PAGE_QUERY, variables, log=log).get("orders")
@@ -291,9 +299,23 @@ class ShopifyApiReader:
             log(f"shopify: page {page}: {len(connection['nodes'])} orders, {total} so far{budget}")
             if not page_info["hasNextPage"]:
                 return
+            if not connection["nodes"]:
+                raise SourceError(
+                    SOURCE,
+                    f"orders page {page} is empty but says there is a next page; the window was not read "
+                    "completely",
+                )
             after = page_info.get("endCursor")
             if not isinstance(after, str) or not after:
                 raise SourceError(SOURCE, f"orders page {page} says there is a next page but gives no cursor")
+            if after in cursors:
+                # Following it would read the same pages again, forever.
+                raise SourceError(
+                    SOURCE,
+                    f"orders page {page} gives the same cursor as page {cursors[after]}: Shopify is paging "
+                    "in a loop; the window was not read completely",
+                )
+            cursors[after] = page
 
     def _bulk(self, search: str | None, log: Log) -> Iterator[RawRecord]:
         try:

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test dev lint bench clean
+.PHONY: run test dev fuzz lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ test: $(STAMP)
 dev: $(STAMP)
 	mkdir -p .dagster_home && touch .dagster_home/dagster.yaml
 	DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/dagster dev -w workspace.yaml
+
+# Hostile input at a long budget (make test runs the same properties with ~100 cases each).
+FUZZ_EXAMPLES ?= 2000
+fuzz: $(STAMP)
+	ORDERS_ETL_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q --hypothesis-show-statistics \
+		orders_etl_tests/test_hostile_shopify.py orders_etl_tests/test_hostile_business_central.py \
+		orders_etl_tests/test_hostile_erp_files.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check orders_etl orders_etl_tests bench

@@ -37,10 +37,10 @@ def sync_once(reader, store, log) -> None:
 
 def test_ten_thousand_orders_through_twenty_percent_faults_arrive_exactly_once():
     orders = make_orders(10_000, start=START, step=timedelta(seconds=3))
-    faults = Faults(rate=0.20, seed=2026, stall_s=0.6)
+    faults = Faults(rate=0.20, seed=2026, stall_s=1.0)
     with (
         FakeShopify(orders, faults=faults) as fake,
-        api_reader(fake, timeout_s=0.3, max_attempts=10) as reader,
+        api_reader(fake, timeout_s=0.5, max_attempts=10) as reader,
     ):
         records = list(reader.fetch(None, None, lambda _: None))
         served = {node_key(o): o for o in fake.orders.values()}

@@ -412,7 +412,7 @@ class Faults:
     rate: float = 0.0
     kinds: tuple[str, ...] = FAULT_KINDS
     seed: int = 1
-    stall_s: float = 1.0  # how long a "timeout" answer stalls (longer than the client's timeout)
+    stall_s: float = 2.0  # how long a "timeout" answer stalls (longer than the client's timeout)
 
 
 @dataclass
@@ -1091,8 +1091,10 @@ def api_reader(fake: FakeShopify, **overrides: Any) -> Any:
 
     settings: dict[str, Any] = {
         "access_token": fake.access_token,
-        "timeout_s": 0.5,
-        "connect_timeout_s": 0.5,
+        # Well above what a loaded 2-core CI machine takes to answer, below the fake's stall:
+        # only an injected "timeout" fault times out, so retry counts are exact.
+        "timeout_s": 1.5,
+        "connect_timeout_s": 1.5,
         "max_attempts": 8,
         "backoff_base_s": 0.002,
         "backoff_max_s": 0.02,

@@ -174,11 +174,11 @@ def after_requests(bc: FakeBusinessCentral, count: int, action: Callable[[], Non
 
 
 def fault(kind: str) -> Fault | str:
-    return Fault("slow", delay_s=0.6) if kind == "slow" else kind
+    return Fault("slow", delay_s=2.0) if kind == "slow" else kind
 
 
 def timeout_for(kind: str) -> float:
-    return 0.3 if kind == "slow" else 5.0
+    return 1.5 if kind == "slow" else 5.0
 
 
 # ---------------------------------------------------------------------------------------

@@ -232,3 +232,22 @@ def test_the_frame_path_is_what_the_bench_measures() -> None:
     assert sum(c.table.num_rows for c in chunks) == 900
     assert sum(c.duplicates for c in chunks) == 100
     assert isinstance(frames[0], pa.Table)
+
+
+@pytest.mark.postgres
+def test_postgres_tables_leave_room_for_in_place_updates(pg_url: str) -> None:
+    store = OrderStore.from_url(pg_url)
+    try:
+        with store.engine.connect() as conn:
+            options = dict(
+                conn.execute(
+                    sa.text(
+                        "SELECT relname, reloptions FROM pg_class "
+                        "WHERE relnamespace = current_schema()::regnamespace "
+                        "AND relname IN ('orders', 'source_orders')"
+                    )
+                ).all()
+            )
+        assert options == {"orders": ["fillfactor=90"], "source_orders": ["fillfactor=90"]}
+    finally:
+        store.dispose()

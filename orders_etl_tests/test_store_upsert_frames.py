@@ -16,6 +16,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orders_etl.model import InvalidOrder
 from orders_etl.store import OrderStore, UpsertCounts
@@ -251,3 +253,27 @@ def test_postgres_tables_leave_room_for_in_place_updates(pg_url: str) -> None:
         assert options == {"orders": ["fillfactor=90"], "source_orders": ["fillfactor=90"]}
     finally:
         store.dispose()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    versions=st.lists(
+        st.tuples(st.sampled_from(["a", "b", "c", "aa", "é"]), st.integers(0, 3), st.integers(1, 5)),
+        max_size=25,
+    ),
+    data=st.data(),
+)
+def test_dedupe_keeps_the_newest_version_then_the_larger_hash(versions, data) -> None:
+    records = [
+        order(key, updated_at=BASE_TIME + timedelta(minutes=minute), total_amount=f"{amount}.00")
+        for key, minute, amount in data.draw(st.permutations(versions))
+    ]
+    chunk = prepare(records_to_frame(records))
+    best: dict[str, tuple] = {}
+    for record in records:
+        rank = (record.updated_at, _expected_hash(record))
+        if record.external_id not in best or rank > best[record.external_id][0]:
+            best[record.external_id] = (rank, record)
+    assert chunk.table.column("external_id").to_pylist() == sorted(best)
+    assert chunk.table.column("content_hash").to_pylist() == [best[k][0][1] for k in sorted(best)]
+    assert chunk.duplicates == len(records) - len(best)

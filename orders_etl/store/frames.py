@@ -259,19 +259,23 @@ def _pairwise(function: str, column: pa.Array) -> np.ndarray:
     )
 
 
-def _sort_by(table: pa.Table, first: str, then: str) -> tuple[pa.Table, np.ndarray]:
-    """``table`` sorted by (first, then), and per row whether the next row has the same ``first``.
+def _in_key_order(table: pa.Table, key: str) -> pa.Table:
+    """``table`` sorted by ``key`` (input usually is already: checking costs far less)."""
+    if _pairwise("less_equal", table.column(key).combine_chunks()).all():
+        return table
+    return table.take(pc.sort_indices(table, [(key, "ascending")]))
 
-    Input usually arrives in key order already: checked in two vectorized passes, that
-    costs far less than sorting (and copying) the chunk again.
-    """
-    keys, thens = table.column(first).combine_chunks(), table.column(then).combine_chunks()
-    same_next = _pairwise("equal", keys)
-    in_order = _pairwise("less_equal", keys).all() and _pairwise("less_equal", thens)[same_next].all()
-    if not in_order:
-        table = table.take(pc.sort_indices(table, [(first, "ascending"), (then, "ascending")]))
-        same_next = _pairwise("equal", table.column(first).combine_chunks())
-    return table, np.append(same_next, False)
+
+def _newest_of_each_key(table: pa.Table) -> np.ndarray:
+    """Per row (key-sorted table): is its ``updated_at`` the newest of its key's rows?"""
+    same_as_previous = np.append(False, _pairwise("equal", table.column("external_id").combine_chunks()))
+    if not same_as_previous.any():
+        return np.ones(table.num_rows, dtype=bool)
+    # Canonical UTC text parses to microseconds; the newest per key by a reduce over groups.
+    updated = table.column("updated_at").cast(pa.timestamp("us")).cast(pa.int64()).to_numpy()
+    starts = np.flatnonzero(~same_as_previous)
+    newest = np.maximum.reduceat(updated, starts)
+    return updated == np.repeat(newest, np.diff(np.append(starts, table.num_rows)))
 
 
 def dedupe(table: pa.Table) -> PreparedChunk:
@@ -281,16 +285,16 @@ def dedupe(table: pa.Table) -> PreparedChunk:
     """
     if not table.num_rows:
         return PreparedChunk(table.append_column("content_hash", pa.array([], pa.string())), 0)
-    table, same_key_next = _sort_by(table, "external_id", "updated_at")
-    # Sorted ascending, the newest versions of a key are its last row and the rows tied with it.
-    tied_next = same_key_next.copy()
-    if tied_next.any():
-        tied_next[:-1] &= _pairwise("equal", table.column("updated_at").combine_chunks())
-    candidates = table.filter(pa.array(~same_key_next | tied_next))
+    table = _in_key_order(table, "external_id")
+    candidates = table.filter(pa.array(_newest_of_each_key(table)))
     candidates = candidates.append_column("content_hash", content_hashes(candidates))
-    if tied_next.any():
-        candidates, same_key_next = _sort_by(candidates, "external_id", "content_hash")
-        candidates = candidates.filter(pa.array(~same_key_next))
+    keys = candidates.column("external_id").combine_chunks()
+    if len(keys) > 1 and _pairwise("equal", keys).any():  # ties on updated_at: rare
+        candidates = candidates.take(
+            pc.sort_indices(candidates, [("external_id", "ascending"), ("content_hash", "ascending")])
+        )
+        last = np.append(~_pairwise("equal", candidates.column("external_id").combine_chunks()), True)
+        candidates = candidates.filter(pa.array(last))
     return PreparedChunk(candidates.combine_chunks(), table.num_rows - candidates.num_rows)
 
 

@@ -29,6 +29,7 @@ writers are serialized per chunk: no lost update, and no deadlock between overla
 batches. The Python work (step 1) and, on PostgreSQL, the keys' ``COPY`` happen before the
 lock.
 """
+
 from __future__ import annotations
 
 import json

@@ -101,17 +101,28 @@ def _keys_json(table: pa.Table) -> str:
     packed = pc.binary_join_element_wise(
         _column(table, "updated_at"), _column(table, "content_hash"), _column(table, "external_id"), ""
     )
-    return json.dumps(packed.to_pylist())
+    if pc.any(pc.match_substring_regex(packed, _JSON_ESCAPED)).as_py():
+        return json.dumps(packed.to_pylist())
+    # Nothing to escape (the usual case): each item is its text between quotes.
+    items = pc.binary_replace_slice(pc.binary_replace_slice(packed, 0, 0, '"'), _END, _END, '",')
+    return "[" + bytes(_text_buffer(items)[:-1]).decode() + "]"
+
+
+# Characters a JSON string cannot hold as they are.
+_JSON_ESCAPED = r'[\x00-\x1f"\\]'
+_END = 2**31 - 1  # a slice start past any text's end: replacing there appends
+
+
+def _text_buffer(texts: pa.Array) -> memoryview:
+    """All of ``texts`` back to back: the array's own data buffer, without a copy."""
+    offsets = np.frombuffer(texts.buffers()[1], dtype=np.int32)[texts.offset : texts.offset + len(texts) + 1]
+    return memoryview(texts.buffers()[2])[offsets[0] : offsets[-1]]
 
 
 def _copy_block(columns: Sequence[pa.Array]) -> memoryview:
-    """PostgreSQL: rows in COPY text format (tab-separated, ``\\N`` for null), built by Arrow;
-    the block is the joined lines' own buffer, handed to COPY without a copy."""
-    lines = pc.binary_join_element_wise(
-        pc.binary_join_element_wise(*columns, "\t"), pa.scalar("", pa.string()), "\n"
-    )
-    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset : lines.offset + len(lines) + 1]
-    return memoryview(lines.buffers()[2])[offsets[0] : offsets[-1]]
+    """PostgreSQL: rows in COPY text format (tab-separated, ``\\N`` for null), built by Arrow."""
+    rows = pc.binary_join_element_wise(*columns, "\t")
+    return _text_buffer(pc.binary_replace_slice(rows, _END, _END, "\n"))
 
 
 def _copy_text(name: str, column: pa.Array) -> pa.Array:

@@ -277,3 +277,15 @@ def test_dedupe_keeps_the_newest_version_then_the_larger_hash(versions, data) ->
     assert chunk.table.column("external_id").to_pylist() == sorted(best)
     assert chunk.table.column("content_hash").to_pylist() == [best[k][0][1] for k in sorted(best)]
     assert chunk.duplicates == len(records) - len(best)
+
+
+def test_a_bad_frame_stops_the_stream_after_every_earlier_frame_committed(store: OrderStore) -> None:
+    """The next frame is checked ahead, on a worker thread, while this one is written: its
+    error must still come after this chunk's commit, and nothing after it is written."""
+    frames = [records_to_frame([order(f"{n}-{i}") for i in range(10)]) for n in range(4)]
+    frames[2].loc[3, "currency"] = "XXQ"
+    written: list[int] = []
+    with pytest.raises(InvalidOrder, match="'2-3'.*currency"):
+        store.upsert_frames("shopify", iter(frames), on_chunk=lambda index, counts: written.append(index))
+    assert written == [0, 1]
+    assert store.count("source_orders") == store.count("orders") == 20

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 
@@ -468,26 +469,55 @@ def chunked(records: Iterable[OrderRecord], size: int = DEFAULT_CHUNK_SIZE) -> I
 def upsert_frames(
     engine: Engine,
     source: str | Source,
-    frames: Iterable[pd.DataFrame],
+    frames: Iterable[pd.DataFrame | pa.Table],
     *,
     on_chunk: Callable[[int, UpsertCounts], None] | None = None,
 ) -> UpsertCounts:
     """Upsert a stream of order frames (:mod:`~orders_etl.store.frames`), one transaction each.
 
     Each frame is checked, deduped and hashed before its transaction begins, so the write
-    lock is held only for the SQL. ``on_chunk(index, counts)`` is called after each committed
-    chunk (progress logging). Memory is bounded by the frame size, whatever the stream's length.
+    lock is held only for the SQL; the next frame is prepared on a worker thread meanwhile
+    (the database and Arrow work without holding the GIL, and the machine has cores to
+    spare). Chunks are still written one after the other, in order, each committed before
+    an error from a later frame (bad input, or the stream itself failing) is raised.
+    ``on_chunk(index, counts)`` is called after each committed chunk (progress logging).
+    Memory is bounded by a few frames, whatever the stream's length.
     """
     source = Source(source).value
     total = UpsertCounts()
-    for index, frame in enumerate(frames):
-        chunk = prepare(frame)
-        with engine.begin() as conn:
-            counts = upsert_prepared(conn, source, chunk)
-        total += counts
-        if on_chunk is not None:
-            on_chunk(index, counts)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="orders-etl-prepare") as worker:
+        for index, chunk in enumerate(_prepared_ahead(frames, worker)):
+            with engine.begin() as conn:
+                counts = upsert_prepared(conn, source, chunk)
+            total += counts
+            if on_chunk is not None:
+                on_chunk(index, counts)
     return total
+
+
+def _prepared_ahead(frames: Iterable[pd.DataFrame | pa.Table], worker: Executor) -> Iterator[PreparedChunk]:
+    """``prepare(frame)`` of every frame, one frame ahead of the consumer, in order.
+
+    The stream itself is read in the caller's thread. If reading it fails, the chunk read
+    before is still handed out first, as a plain loop would have written it.
+    """
+    pending: Future[PreparedChunk] | None = None
+    stream = iter(frames)
+    while True:
+        try:
+            frame = next(stream)
+        except StopIteration:
+            break
+        except BaseException:
+            if pending is not None:
+                yield pending.result()
+            raise
+        upcoming = worker.submit(prepare, frame)
+        if pending is not None:
+            yield pending.result()
+        pending = upcoming
+    if pending is not None:
+        yield pending.result()
 
 
 def upsert_orders(

@@ -1,8 +1,9 @@
 """Columnar chunks of normalized orders: the upsert's input, checked, hashed and deduped.
 
-A *frame* is one chunk of orders as a pandas DataFrame with the columns :data:`FRAME_COLUMNS`
-(``external_id`` then the Order fields), every value in its **canonical text** — exactly what
-the SQLite store keeps, and what PostgreSQL parses into NUMERIC / timestamptz:
+A *frame* is one chunk of orders as a pandas DataFrame (or an Arrow table) with the columns
+:data:`FRAME_COLUMNS` (``external_id`` then the Order fields), every value in its **canonical
+text** — exactly what the SQLite store keeps, and what PostgreSQL parses into NUMERIC /
+timestamptz:
 
 * money: the decimal amount at the currency's exponent (``12.30``, ``1500``, ``1.250``);
 * time: UTC, fixed width ``YYYY-MM-DD HH:MM:SS.ffffff`` (text order = time order);

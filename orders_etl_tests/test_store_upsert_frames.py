@@ -289,3 +289,16 @@ def test_a_bad_frame_stops_the_stream_after_every_earlier_frame_committed(store:
         store.upsert_frames("shopify", iter(frames), on_chunk=lambda index, counts: written.append(index))
     assert written == [0, 1]
     assert store.count("source_orders") == store.count("orders") == 20
+
+
+@pytest.mark.postgres
+def test_postgres_copies_big_chunks_in_slices(pg_url: str, monkeypatch) -> None:
+    monkeypatch.setattr(upsert_module, "_COPY_SLICE", 3)
+    store = OrderStore.from_url(pg_url)
+    try:
+        records = _awkward_orders()
+        assert store.upsert("shopify", records).inserted == len(records) == 9
+        assert [row[0] for row in _source_rows(store, "shopify")] == sorted(r.external_id for r in records)
+        assert store.upsert("shopify", records).unchanged == 9
+    finally:
+        store.dispose()

@@ -120,10 +120,15 @@ def _text_buffer(texts: pa.Array) -> memoryview:
     return memoryview(texts.buffers()[2])[offsets[0] : offsets[-1]]
 
 
-def _copy_block(columns: Sequence[pa.Array]) -> memoryview:
-    """PostgreSQL: rows in COPY text format (tab-separated, ``\\N`` for null), built by Arrow."""
-    rows = pc.binary_join_element_wise(*columns, "\t")
-    return _text_buffer(pc.binary_replace_slice(rows, _END, _END, "\n"))
+def _copy_rows(columns: Sequence[pa.Array]) -> Iterator[memoryview]:
+    """PostgreSQL: rows in COPY text format (tab-separated, ``\\N`` for null), built by Arrow
+    a slice at a time (so text of any size stays within Arrow's 2 GiB string offsets)."""
+    for start in range(0, len(columns[0]), _COPY_SLICE):
+        rows = pc.binary_join_element_wise(*(c.slice(start, _COPY_SLICE) for c in columns), "\t")
+        yield _text_buffer(pc.binary_replace_slice(rows, _END, _END, "\n"))
+
+
+_COPY_SLICE = 100_000
 
 
 def _copy_text(name: str, column: pa.Array) -> pa.Array:
@@ -175,17 +180,19 @@ def _create_staging(conn: Connection) -> None:
         )
 
 
-def _copy(conn: Connection, table: str, columns: Sequence[str], block: memoryview) -> None:
+def _copy(conn: Connection, table: str, names: Sequence[str], columns: Sequence[pa.Array]) -> None:
     driver = conn.connection.driver_connection
-    with driver.cursor() as cursor, cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:  # type: ignore[union-attr]
-        copy.write(block)
+    statement = f"COPY {table} ({', '.join(names)}) FROM STDIN"
+    with driver.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[union-attr]
+        for block in _copy_rows(columns):
+            copy.write(block)
 
 
 def _stage_keys(conn: Connection, table: pa.Table) -> None:
     """PostgreSQL: the narrow (key, updated_at, hash) rows that classification needs."""
     names = ("external_id", "updated_at", "content_hash")
     columns = [_positions(table.num_rows), *(_copy_text(n, _column(table, n)) for n in names)]
-    _copy(conn, "staging_keys", ("pos", *names), _copy_block(columns))
+    _copy(conn, "staging_keys", ("pos", *names), columns)
 
 
 def _newer(new: str, old: str) -> str:
@@ -300,7 +307,7 @@ def _stage_rows(conn: Connection, table: pa.Table, positions: np.ndarray) -> Non
             *(_copy_text(n, _column(rows, n)) for n in _STAGED),
             ids,
         ]
-        _copy(conn, "staging_orders", names, _copy_block(columns))
+        _copy(conn, "staging_orders", names, columns)
 
 
 def _write_source_rows(conn: Connection, source: str, synced_at: datetime) -> None:

@@ -285,7 +285,7 @@ def test_a_bad_frame_stops_the_stream_after_every_earlier_frame_committed(store:
     frames = [records_to_frame([order(f"{n}-{i}") for i in range(10)]) for n in range(4)]
     frames[2].loc[3, "currency"] = "XXQ"
     written: list[int] = []
-    with pytest.raises(InvalidOrder, match="'2-3'.*currency"):
+    with pytest.raises(InvalidOrder, match=r"'2-3'.*currency"):
         store.upsert_frames("shopify", iter(frames), on_chunk=lambda index, counts: written.append(index))
     assert written == [0, 1]
     assert store.count("source_orders") == store.count("orders") == 20
@@ -298,7 +298,9 @@ def test_postgres_copies_big_chunks_in_slices(pg_url: str, monkeypatch) -> None:
     try:
         records = _awkward_orders()
         assert store.upsert("shopify", records).inserted == len(records) == 9
-        assert [row[0] for row in _source_rows(store, "shopify")] == sorted(r.external_id for r in records)
+        assert sorted(row[0] for row in _source_rows(store, "shopify")) == sorted(
+            r.external_id for r in records
+        )
         assert store.upsert("shopify", records).unchanged == 9
     finally:
         store.dispose()

@@ -141,8 +141,8 @@ def _copy_text(name: str, column: pa.Array) -> pa.Array:
     return pc.fill_null(column, "\\N")
 
 
-def _positions(count: int) -> pa.Array:
-    return pa.array(np.arange(count, dtype=np.int64)).cast(pa.string())
+def _positions_text(positions: np.ndarray) -> pa.Array:
+    return pa.array(positions).cast(pa.string())
 
 
 # ---------------------------------------------------------------------------------------
@@ -191,7 +191,8 @@ def _copy(conn: Connection, table: str, names: Sequence[str], columns: Sequence[
 def _stage_keys(conn: Connection, table: pa.Table) -> None:
     """PostgreSQL: the narrow (key, updated_at, hash) rows that classification needs."""
     names = ("external_id", "updated_at", "content_hash")
-    columns = [_positions(table.num_rows), *(_copy_text(n, _column(table, n)) for n in names)]
+    positions = _positions_text(np.arange(table.num_rows, dtype=np.int64))
+    columns = [positions, *(_copy_text(n, _column(table, n)) for n in names)]
     _copy(conn, "staging_keys", ("pos", *names), columns)
 
 
@@ -225,10 +226,11 @@ def _classify(conn: Connection, source: str, table: pa.Table) -> tuple[np.ndarra
     return _int_list(insert), _int_list(update), stale
 
 
-def _classification(positions: str, keys: str, stored: str, condition: str = "") -> str:
-    """SQL: the insert and update positions (as text lists) and the stale count of ``keys``."""
+def _classification(positions: str, keys: str, stored: str, condition: str = "", first: str = "") -> str:
+    """SQL: the insert and update positions (as text lists) and the stale count of ``keys``,
+    after the optional ``first`` column."""
     return (
-        f"SELECT {positions} FILTER (WHERE action = 'i'), {positions} FILTER (WHERE action = 'u'), "
+        f"SELECT {first}{positions} FILTER (WHERE action = 'i'), {positions} FILTER (WHERE action = 'u'), "
         "COUNT(*) FILTER (WHERE action = 's') FROM ("
         "SELECT k.pos AS pos, CASE WHEN so.external_id IS NULL THEN 'i' "
         f"WHEN {_newer('k', 'so')} THEN 'u' ELSE 's' END AS action "
@@ -257,26 +259,19 @@ def _classify_postgresql(conn: Connection, source: str, count: int) -> tuple[str
         "WHERE source = :source AND external_id BETWEEN (SELECT min(external_id) FROM staging_keys) "
         "AND (SELECT max(external_id) FROM staging_keys) LIMIT :limit) "
     )
+    positions = "string_agg(pos::text, ',')"
     in_range, *row = conn.execute(
         sa.text(
             stored_range
-            + _classification("string_agg(pos::text, ',')", "staging_keys", "stored").replace(
-                "SELECT ", "SELECT (SELECT COUNT(*) FROM stored), ", 1
-            )
+            + _classification(positions, "staging_keys", "stored", first="(SELECT COUNT(*) FROM stored), ")
         ),
         {"source": source, "limit": limit + 1},
     ).one()
     _join_by(conn, "nestloop")
     if in_range <= limit:
         return tuple(row)  # type: ignore[return-value]
-    return conn.execute(
-        sa.text(
-            _classification(
-                "string_agg(pos::text, ',')", "staging_keys", "source_orders", "AND so.source = :source"
-            )
-        ),
-        {"source": source},
-    ).one()  # type: ignore[return-value]
+    lookups = _classification(positions, "staging_keys", "source_orders", "AND so.source = :source")
+    return conn.execute(sa.text(lookups), {"source": source}).one()  # type: ignore[return-value]
 
 
 def _join_by(conn: Connection, method: str) -> None:
@@ -303,7 +298,7 @@ def _stage_rows(conn: Connection, table: pa.Table, positions: np.ndarray) -> Non
         )
     else:
         columns = [
-            pa.array(positions).cast(pa.string()),
+            _positions_text(positions),
             *(_copy_text(n, _column(rows, n)) for n in _STAGED),
             ids,
         ]

@@ -94,17 +94,21 @@ def canonical_text(record: OrderRecord) -> tuple[str | None, ...]:
     )
 
 
-def records_to_frame(records: Iterable[OrderRecord]) -> pd.DataFrame:
-    """Validated records as a frame of canonical text (see the module docstring)."""
+def records_to_table(records: Iterable[OrderRecord]) -> pa.Table:
+    """Validated records as an Arrow frame of canonical text (see the module docstring)."""
     rows = [canonical_text(record) for record in records]
     columns = list(zip(*rows, strict=True)) if rows else [()] * len(FRAME_COLUMNS)
-    table = pa.table(
+    return pa.table(
         {
             name: pa.array(values, type=pa.string())
             for name, values in zip(FRAME_COLUMNS, columns, strict=True)
         }
     )
-    return table.to_pandas()
+
+
+def records_to_frame(records: Iterable[OrderRecord]) -> pd.DataFrame:
+    """Validated records as a pandas frame of canonical text (see the module docstring)."""
+    return records_to_table(records).to_pandas()
 
 
 def _as_table(frame: pd.DataFrame | pa.Table) -> pa.Table:

@@ -47,7 +47,7 @@ from sqlalchemy.engine import Connection, Engine
 from ulid_transform import ulid_now
 
 from orders_etl.model import ERP_SOURCES, ORDER_ID_PREFIX, OrderRecord, Source
-from orders_etl.store.frames import PreparedChunk, prepare, records_to_frame
+from orders_etl.store.frames import PreparedChunk, prepare, records_to_table
 from orders_etl.store.frames import canonical_text as _canonical_text  # noqa: F401 (its old home)
 from orders_etl.store.schema import DATETIME_FIELDS, MONEY_FIELDS, ORDER_FIELDS
 from orders_etl.store.types import UtcDateTime
@@ -541,5 +541,5 @@ def upsert_orders(
     on_chunk: Callable[[int, UpsertCounts], None] | None = None,
 ) -> UpsertCounts:
     """Upsert a stream of chunks of validated records: each becomes a frame, then as above."""
-    frames = (records_to_frame(chunk) for chunk in chunks)
+    frames = (records_to_table(chunk) for chunk in chunks)
     return upsert_frames(engine, source, frames, on_chunk=on_chunk)

@@ -176,7 +176,8 @@ def _create_staging(conn: Connection) -> None:
         )
         conn.exec_driver_sql(
             "CREATE TEMP TABLE IF NOT EXISTS staging_keys (pos BIGINT, external_id TEXT, "
-            "updated_at TIMESTAMPTZ, content_hash TEXT) ON COMMIT DELETE ROWS"
+            # updated_at as its text ("…+00"): parsed only for the rare key whose hash differs.
+            "updated_at TEXT, content_hash TEXT) ON COMMIT DELETE ROWS"
         )
 
 
@@ -196,11 +197,12 @@ def _stage_keys(conn: Connection, table: pa.Table) -> None:
     _copy(conn, "staging_keys", ("pos", *names), columns)
 
 
-def _newer(new: str, old: str) -> str:
+def _newer(new: str, old: str, new_updated_at: str | None = None) -> str:
     """SQL: row ``new`` beats stored row ``old`` (newest updated_at, then larger hash)."""
+    updated_at = new_updated_at or f"{new}.updated_at"
     return (
-        f"({new}.updated_at > {old}.updated_at OR "
-        f"({new}.updated_at = {old}.updated_at AND {new}.content_hash > {old}.content_hash))"
+        f"({updated_at} > {old}.updated_at OR "
+        f"({updated_at} = {old}.updated_at AND {new}.content_hash > {old}.content_hash))"
     )
 
 
@@ -226,14 +228,21 @@ def _classify(conn: Connection, source: str, table: pa.Table) -> tuple[np.ndarra
     return _int_list(insert), _int_list(update), stale
 
 
-def _classification(positions: str, keys: str, stored: str, condition: str = "", first: str = "") -> str:
+def _classification(
+    positions: str,
+    keys: str,
+    stored: str,
+    condition: str = "",
+    first: str = "",
+    updated_at: str | None = None,
+) -> str:
     """SQL: the insert and update positions (as text lists) and the stale count of ``keys``,
-    after the optional ``first`` column."""
+    after the optional ``first`` column; ``updated_at``: how to read a key's version."""
     return (
         f"SELECT {first}{positions} FILTER (WHERE action = 'i'), {positions} FILTER (WHERE action = 'u'), "
         "COUNT(*) FILTER (WHERE action = 's') FROM ("
         "SELECT k.pos AS pos, CASE WHEN so.external_id IS NULL THEN 'i' "
-        f"WHEN {_newer('k', 'so')} THEN 'u' ELSE 's' END AS action "
+        f"WHEN {_newer('k', 'so', updated_at)} THEN 'u' ELSE 's' END AS action "
         f"FROM {keys} AS k LEFT JOIN {stored} AS so ON so.external_id = k.external_id {condition} "
         "WHERE so.external_id IS NULL OR so.content_hash <> k.content_hash) AS classified"
     )
@@ -260,17 +269,26 @@ def _classify_postgresql(conn: Connection, source: str, count: int) -> tuple[str
         "AND (SELECT max(external_id) FROM staging_keys) LIMIT :limit) "
     )
     positions = "string_agg(pos::text, ',')"
+    version = "CAST(k.updated_at AS TIMESTAMPTZ)"  # staged as text
     in_range, *row = conn.execute(
         sa.text(
             stored_range
-            + _classification(positions, "staging_keys", "stored", first="(SELECT COUNT(*) FROM stored), ")
+            + _classification(
+                positions,
+                "staging_keys",
+                "stored",
+                first="(SELECT COUNT(*) FROM stored), ",
+                updated_at=version,
+            )
         ),
         {"source": source, "limit": limit + 1},
     ).one()
     _join_by(conn, "nestloop")
     if in_range <= limit:
         return tuple(row)  # type: ignore[return-value]
-    lookups = _classification(positions, "staging_keys", "source_orders", "AND so.source = :source")
+    lookups = _classification(
+        positions, "staging_keys", "source_orders", "AND so.source = :source", updated_at=version
+    )
     return conn.execute(sa.text(lookups), {"source": source}).one()  # type: ignore[return-value]
 
 

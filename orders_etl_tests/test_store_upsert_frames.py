@@ -219,13 +219,12 @@ def test_postgres_dense_range_read_is_bounded(pg_url: str, monkeypatch) -> None:
         store.dispose()
 
 
-def test_the_frame_path_is_what_the_bench_measures() -> None:
+def test_the_frame_path_is_what_the_bench_measures(monkeypatch) -> None:
     """Guards the benchmark's honesty: its frames pass the same checks (and count the same
     duplicates) as any other input."""
-    import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
     import bench_store
 
     frames = list(bench_store.frames(1000, updated_fraction=0.5))

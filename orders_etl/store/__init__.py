@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -68,7 +69,7 @@ class OrderStore:
     def upsert_frames(
         self,
         source: str | Source,
-        frames: Iterable[pd.DataFrame],
+        frames: Iterable[pd.DataFrame | pa.Table],
         *,
         on_chunk: Callable[[int, UpsertCounts], None] | None = None,
     ) -> UpsertCounts:

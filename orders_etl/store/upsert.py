@@ -129,15 +129,17 @@ def _copy_rows(columns: Sequence[pa.Array]) -> Iterator[memoryview]:
 
 
 _COPY_SLICE = 100_000
+# Characters COPY's text format needs escaped.
+_COPY_ESCAPED = r"[\\\t\n\r]"
 
 
 def _copy_text(name: str, column: pa.Array) -> pa.Array:
     """A column as COPY text: free text escaped, times with their UTC offset, null as \\N."""
-    if name in _FREE_TEXT:
+    if name in _FREE_TEXT and pc.any(pc.match_substring_regex(column, _COPY_ESCAPED)).as_py():
         for raw, escaped in (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r")):
             column = pc.replace_substring(column, raw, escaped)
     elif name in DATETIME_FIELDS:
-        column = pc.binary_join_element_wise(column, "+00", "")
+        column = pc.binary_replace_slice(column, _END, _END, "+00")
     return pc.fill_null(column, "\\N")
 
 

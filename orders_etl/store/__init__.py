@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -20,7 +21,7 @@ from orders_etl.store.engine import create_store_engine, database_url_from_env, 
 from orders_etl.store.landing import LandedRecord, RawRecord
 from orders_etl.store.migrate import ensure_schema
 from orders_etl.store.schema import ORDER_FIELDS, orders, source_orders
-from orders_etl.store.upsert import DEFAULT_CHUNK_SIZE, UpsertCounts, chunked, upsert_orders
+from orders_etl.store.upsert import DEFAULT_CHUNK_SIZE, UpsertCounts, chunked, upsert_frames, upsert_orders
 
 __all__ = ["LandedRecord", "OrderStore", "RawRecord", "UpsertCounts"]
 
@@ -64,6 +65,17 @@ class OrderStore:
         on_chunk: Callable[[int, UpsertCounts], None] | None = None,
     ) -> UpsertCounts:
         return upsert_orders(self.engine, source, chunks, on_chunk=on_chunk)
+
+    def upsert_frames(
+        self,
+        source: str | Source,
+        frames: Iterable[pd.DataFrame | pa.Table],
+        *,
+        on_chunk: Callable[[int, UpsertCounts], None] | None = None,
+    ) -> UpsertCounts:
+        """Upsert chunks given as frames of canonical text (``orders_etl.store.frames``):
+        the columnar path, for inputs too large to build an OrderRecord per order."""
+        return upsert_frames(self.engine, source, frames, on_chunk=on_chunk)
 
     def mark_deleted(self, source: str | Source, deleted: Mapping[str, datetime]) -> UpsertCounts:
         """Mark orders destroyed at the source: a new version with ``deleted_at`` set.

@@ -64,6 +64,8 @@ source_orders = sa.Table(
     sa.Column("synced_at", UtcDateTime, nullable=False),
     sa.Index("ix_source_orders_external_id", "external_id"),
     sa.Index("ix_source_orders_source_number", "source", "number"),
+    # Room for in-place (HOT) updates on PostgreSQL: migration 0003.
+    postgresql_with={"fillfactor": 90},
 )
 
 orders = sa.Table(
@@ -75,6 +77,7 @@ orders = sa.Table(
     sa.Column("origin", sa.Text, nullable=False),
     sa.Column("synced_at", UtcDateTime, nullable=False),
     sa.Index("ix_orders_created_at", "created_at"),
+    postgresql_with={"fillfactor": 90},
 )
 
 raw_orders = sa.Table(

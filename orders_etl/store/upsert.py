@@ -10,9 +10,11 @@ golden row) or not at all, and a failed batch can simply be re-run. Within a chu
 2. **Classify** each order against the stored version (insert / update / unchanged /
    stale) in one set-based query over the chunk's keys, versions and hashes only (SQLite:
    one JSON parameter unpacked by ``json_each``; PostgreSQL: ``COPY`` into a narrow staging
-   table), and count. An unchanged order is never staged, so a re-run is cheap.
+   table), and count. A re-run stages nothing but keys, versions and hashes: it is cheap.
 3. **Stage** the full rows of the inserts and updates only, sorted by key (SQLite: one
-   ``executemany``; PostgreSQL: ``COPY``).
+   ``executemany``; PostgreSQL: ``COPY``). On PostgreSQL, once a stream's chunks come
+   mostly new (a cold load), a chunk is staged whole instead, before the lock, classified
+   there, and its unchanged and stale rows are dropped from staging before the writes.
 4. **Write** them with one ``INSERT … SELECT … ON CONFLICT DO UPDATE`` whose ``WHERE``
    repeats the newest-wins guard, so an older version can never overwrite a newer one,
    whoever runs concurrently. Unchanged orders are not rewritten.
@@ -26,8 +28,8 @@ golden row) or not at all, and a failed batch can simply be re-run. Within a chu
 Concurrency: SQLite transactions start with ``BEGIN IMMEDIATE`` (see ``engine.py``), and on
 PostgreSQL each chunk takes a transaction-scoped advisory lock before classifying, so
 writers are serialized per chunk: no lost update, and no deadlock between overlapping
-batches. The Python work (step 1) and, on PostgreSQL, the keys' ``COPY`` happen before the
-lock.
+batches. The Python work (step 1, done for the next chunk on a worker thread while this
+one is written) and, on PostgreSQL, the first ``COPY`` happen before the lock.
 """
 
 from __future__ import annotations

@@ -10,9 +10,11 @@ golden row) or not at all, and a failed batch can simply be re-run. Within a chu
 2. **Classify** each order against the stored version (insert / update / unchanged /
    stale) in one set-based query over the chunk's keys, versions and hashes only (SQLite:
    one JSON parameter unpacked by ``json_each``; PostgreSQL: ``COPY`` into a narrow staging
-   table), and count. An unchanged order is never staged, so a re-run is cheap.
+   table), and count. A re-run stages nothing but keys, versions and hashes: it is cheap.
 3. **Stage** the full rows of the inserts and updates only, sorted by key (SQLite: one
-   ``executemany``; PostgreSQL: ``COPY``).
+   ``executemany``; PostgreSQL: ``COPY``). On PostgreSQL, once a stream's chunks come
+   mostly new (a cold load), a chunk is staged whole instead, before the lock, classified
+   there, and its unchanged and stale rows are dropped from staging before the writes.
 4. **Write** them with one ``INSERT … SELECT … ON CONFLICT DO UPDATE`` whose ``WHERE``
    repeats the newest-wins guard, so an older version can never overwrite a newer one,
    whoever runs concurrently. Unchanged orders are not rewritten.
@@ -26,8 +28,8 @@ golden row) or not at all, and a failed batch can simply be re-run. Within a chu
 Concurrency: SQLite transactions start with ``BEGIN IMMEDIATE`` (see ``engine.py``), and on
 PostgreSQL each chunk takes a transaction-scoped advisory lock before classifying, so
 writers are serialized per chunk: no lost update, and no deadlock between overlapping
-batches. The Python work (step 1) and, on PostgreSQL, the keys' ``COPY`` happen before the
-lock.
+batches. The Python work (step 1, done for the next chunk on a worker thread while this
+one is written) and, on PostgreSQL, the first ``COPY`` happen before the lock.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -53,6 +56,7 @@ from orders_etl.store.schema import DATETIME_FIELDS, MONEY_FIELDS, ORDER_FIELDS
 from orders_etl.store.types import UtcDateTime
 
 DEFAULT_CHUNK_SIZE = 50_000
+_T = TypeVar("_T")
 _PG_WRITE_LOCK = 7_310_452_002
 # Fields only the origin system may fill: another system's number is not this order's number.
 ORIGIN_ONLY_FIELDS = frozenset({"number", "customer_id"})
@@ -120,12 +124,18 @@ def _text_buffer(texts: pa.Array) -> memoryview:
     return memoryview(texts.buffers()[2])[offsets[0] : offsets[-1]]
 
 
-def _copy_rows(columns: Sequence[pa.Array]) -> Iterator[memoryview]:
-    """PostgreSQL: rows in COPY text format (tab-separated, ``\\N`` for null), built by Arrow
-    a slice at a time (so text of any size stays within Arrow's 2 GiB string offsets)."""
-    for start in range(0, len(columns[0]), _COPY_SLICE):
-        rows = pc.binary_join_element_wise(*(c.slice(start, _COPY_SLICE) for c in columns), "\t")
-        yield _text_buffer(pc.binary_replace_slice(rows, _END, _END, "\n"))
+def _copy_lines(columns: Sequence[pa.Array]) -> list[pa.Array]:
+    """PostgreSQL: rows in COPY text format (tab-separated, ``\\N`` for null, one line each),
+    built by Arrow a slice at a time (text of any size stays within Arrow's 2 GiB offsets)."""
+    return [
+        pc.binary_replace_slice(
+            pc.binary_join_element_wise(*(c.slice(start, _COPY_SLICE) for c in columns), "\t"),
+            _END,
+            _END,
+            "\n",
+        )
+        for start in range(0, len(columns[0]), _COPY_SLICE)
+    ]
 
 
 _COPY_SLICE = 100_000
@@ -183,12 +193,12 @@ def _create_staging(conn: Connection) -> None:
         )
 
 
-def _copy(conn: Connection, table: str, names: Sequence[str], columns: Sequence[pa.Array]) -> None:
+def _copy(conn: Connection, table: str, names: Sequence[str], lines: Sequence[pa.Array]) -> None:
     driver = conn.connection.driver_connection
     statement = f"COPY {table} ({', '.join(names)}) FROM STDIN"
     with driver.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[union-attr]
-        for block in _copy_rows(columns):
-            copy.write(block)
+        for block in lines:
+            copy.write(_text_buffer(block))
 
 
 def _stage_keys(conn: Connection, table: pa.Table) -> None:
@@ -196,7 +206,7 @@ def _stage_keys(conn: Connection, table: pa.Table) -> None:
     names = ("external_id", "updated_at", "content_hash")
     positions = _positions_text(np.arange(table.num_rows, dtype=np.int64))
     columns = [positions, *(_copy_text(n, _column(table, n)) for n in names)]
-    _copy(conn, "staging_keys", ("pos", *names), columns)
+    _copy(conn, "staging_keys", ("pos", *names), _copy_lines(columns))
 
 
 def _newer(new: str, old: str, new_updated_at: str | None = None) -> str:
@@ -208,7 +218,9 @@ def _newer(new: str, old: str, new_updated_at: str | None = None) -> str:
     )
 
 
-def _classify(conn: Connection, source: str, table: pa.Table) -> tuple[np.ndarray, np.ndarray, int]:
+def _classify(
+    conn: Connection, source: str, table: pa.Table, staged: str = "staging_keys"
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Positions to insert, positions to update, and how many are stale; the rest is unchanged.
 
     Only the chunk's keys, versions and hashes take part: an unchanged order costs one
@@ -225,7 +237,7 @@ def _classify(conn: Connection, source: str, table: pa.Table) -> tuple[np.ndarra
             {"source": source, "keys": _keys_json(table)},
         ).one()
     else:
-        row = _classify_postgresql(conn, source, table.num_rows)
+        row = _classify_postgresql(conn, source, table.num_rows, staged)
     insert, update, stale = row
     return _int_list(insert), _int_list(update), stale
 
@@ -254,7 +266,9 @@ def _classification(
 DENSE_RANGE_FACTOR = 2
 
 
-def _classify_postgresql(conn: Connection, source: str, count: int) -> tuple[str | None, str | None, int]:
+def _classify_postgresql(
+    conn: Connection, source: str, count: int, staged: str
+) -> tuple[str | None, str | None, int]:
     """Classify the staged keys, reading their key range whole when it is dense.
 
     When the stored keys between the chunk's smallest and largest key are not many more
@@ -267,17 +281,18 @@ def _classify_postgresql(conn: Connection, source: str, count: int) -> tuple[str
     _join_by(conn, "hashjoin")
     stored_range = (
         "WITH stored AS MATERIALIZED (SELECT external_id, updated_at, content_hash FROM source_orders "
-        "WHERE source = :source AND external_id BETWEEN (SELECT min(external_id) FROM staging_keys) "
-        "AND (SELECT max(external_id) FROM staging_keys) LIMIT :limit) "
+        f"WHERE source = :source AND external_id BETWEEN (SELECT min(external_id) FROM {staged}) "
+        f"AND (SELECT max(external_id) FROM {staged}) LIMIT :limit) "
     )
     positions = "string_agg(pos::text, ',')"
-    version = "CAST(k.updated_at AS TIMESTAMPTZ)"  # staged as text
+    # staging_keys holds updated_at as text; staging_orders as timestamptz.
+    version = "CAST(k.updated_at AS TIMESTAMPTZ)" if staged == "staging_keys" else None
     in_range, *row = conn.execute(
         sa.text(
             stored_range
             + _classification(
                 positions,
-                "staging_keys",
+                staged,
                 "stored",
                 first="(SELECT COUNT(*) FROM stored), ",
                 updated_at=version,
@@ -289,7 +304,7 @@ def _classify_postgresql(conn: Connection, source: str, count: int) -> tuple[str
     if in_range <= limit:
         return tuple(row)  # type: ignore[return-value]
     lookups = _classification(
-        positions, "staging_keys", "source_orders", "AND so.source = :source", updated_at=version
+        positions, staged, "source_orders", "AND so.source = :source", updated_at=version
     )
     return conn.execute(sa.text(lookups), {"source": source}).one()  # type: ignore[return-value]
 
@@ -304,25 +319,30 @@ def _int_list(text: str | None) -> np.ndarray:
     return np.zeros(0, dtype=np.int64) if not text else np.array(text.split(","), dtype=np.int64)
 
 
+_ROW_NAMES = ("pos", *_STAGED, "candidate_id")
+
+
 def _stage_rows(conn: Connection, table: pa.Table, positions: np.ndarray) -> None:
     """The full rows to write (inserts and updates only), each with a freshly minted id."""
+    if conn.dialect.name == "postgresql":
+        _copy(conn, "staging_orders", _ROW_NAMES, _row_lines(table, positions))
+        return
+    rows = table.take(pa.array(positions))
+    ids = mint_order_ids(rows.num_rows)
+    columns = [positions.tolist(), *(rows.column(n).to_pylist() for n in _STAGED), ids]
+    placeholders = ", ".join("?" for _ in _ROW_NAMES)
+    conn.connection.driver_connection.executemany(  # type: ignore[union-attr]
+        f"INSERT INTO staging_orders ({', '.join(_ROW_NAMES)}) VALUES ({placeholders})",
+        zip(*columns, strict=True),
+    )
+
+
+def _row_lines(table: pa.Table, positions: np.ndarray) -> list[pa.Array]:
+    """PostgreSQL: the COPY text of the rows at ``positions``, each with a freshly minted id."""
     rows = table.take(pa.array(positions))
     ids = pa.array(mint_order_ids(rows.num_rows), pa.string())
-    names = ("pos", *_STAGED, "candidate_id")
-    if conn.dialect.name == "sqlite":
-        columns = [positions.tolist(), *(rows.column(n).to_pylist() for n in _STAGED), ids.to_pylist()]
-        placeholders = ", ".join("?" for _ in names)
-        conn.connection.driver_connection.executemany(  # type: ignore[union-attr]
-            f"INSERT INTO staging_orders ({', '.join(names)}) VALUES ({placeholders})",
-            zip(*columns, strict=True),
-        )
-    else:
-        columns = [
-            _positions_text(positions),
-            *(_copy_text(n, _column(rows, n)) for n in _STAGED),
-            ids,
-        ]
-        _copy(conn, "staging_orders", names, columns)
+    columns = [_positions_text(positions), *(_copy_text(n, _column(rows, n)) for n in _STAGED), ids]
+    return _copy_lines(columns)
 
 
 def _in_key_order(conn: Connection, prefix: str = "") -> str:
@@ -438,8 +458,15 @@ def _plan_for_key_probes(conn: Connection) -> None:
         conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
 
 
-def upsert_prepared(conn: Connection, source: str, chunk: PreparedChunk) -> UpsertCounts:
-    """Upsert one checked, deduped chunk inside the caller's transaction (module docstring)."""
+def upsert_prepared(
+    conn: Connection, source: str, chunk: PreparedChunk, row_lines: list[pa.Array] | None = None
+) -> UpsertCounts:
+    """Upsert one checked, deduped chunk inside the caller's transaction (module docstring).
+
+    ``row_lines`` (PostgreSQL): the COPY text of all the chunk's rows, built ahead when the
+    chunk is expected to be mostly new (a cold load): then the full rows are staged at once,
+    before the lock, and classified there, instead of keys first and changed rows later.
+    """
     table = chunk.table
     counts = UpsertCounts(stale=chunk.duplicates)
     if not table.num_rows:
@@ -447,18 +474,30 @@ def upsert_prepared(conn: Connection, source: str, chunk: PreparedChunk) -> Upse
     synced_at = datetime.now(UTC)
     _plan_for_key_probes(conn)
     _create_staging(conn)
-    if conn.dialect.name == "postgresql":
-        _stage_keys(conn, table)  # before the lock: the COPY is the slow part
+    staged = "staging_keys"
+    if conn.dialect.name == "postgresql":  # before the lock: the COPY is the slow part
+        if row_lines is None:
+            _stage_keys(conn, table)
+        else:
+            _copy(conn, "staging_orders", _ROW_NAMES, row_lines)
+            staged = "staging_orders"
     _lock_writers(conn)
-    inserts, updates, stale = _classify(conn, source, table)
+    inserts, updates, stale = _classify(conn, source, table, staged)
     counts += UpsertCounts(
         inserted=len(inserts),
         updated=len(updates),
         unchanged=table.num_rows - len(inserts) - len(updates) - stale,
         stale=stale,
     )
-    if len(inserts) or len(updates):
-        _stage_rows(conn, table, np.sort(np.concatenate([inserts, updates])))
+    changed = np.sort(np.concatenate([inserts, updates]))
+    if staged == "staging_orders" and len(changed) < table.num_rows:
+        unwanted = np.setdiff1d(np.arange(table.num_rows), changed)
+        conn.execute(
+            sa.text("DELETE FROM staging_orders WHERE pos = ANY(:unwanted)"), {"unwanted": unwanted.tolist()}
+        )
+    if len(changed):
+        if staged != "staging_orders":
+            _stage_rows(conn, table, changed)
         _write_source_rows(conn, source, synced_at)
         _merge_golden(conn, source, synced_at)
         if source in ERP_SOURCES:
@@ -526,30 +565,43 @@ def upsert_frames(
     Each frame is checked, deduped and hashed before its transaction begins, so the write
     lock is held only for the SQL; the next frame is prepared on a worker thread meanwhile
     (the database and Arrow work without holding the GIL, and the machine has cores to
-    spare). Chunks are still written one after the other, in order, each committed before
-    an error from a later frame (bad input, or the stream itself failing) is raised.
-    ``on_chunk(index, counts)`` is called after each committed chunk (progress logging).
-    Memory is bounded by a few frames, whatever the stream's length.
+    spare). On PostgreSQL, once a chunk turned out mostly new, the next ones get their COPY
+    text built there too. Chunks are still written one after the other, in order, each
+    committed before an error from a later frame (bad input, or the stream itself failing)
+    is raised. ``on_chunk(index, counts)`` is called after each committed chunk (progress
+    logging). Memory is bounded by a few frames, whatever the stream's length.
     """
     source = Source(source).value
     total = UpsertCounts()
+    mostly_new = False  # was the last chunk mostly inserts? (then the next likely is too)
+
+    def ready(frame: pd.DataFrame | pa.Table) -> tuple[PreparedChunk, list[pa.Array] | None]:
+        chunk = prepare(frame)
+        ahead = mostly_new and engine.dialect.name == "postgresql" and chunk.table.num_rows > 0
+        return chunk, _row_lines(chunk.table, np.arange(chunk.table.num_rows)) if ahead else None
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="orders-etl-prepare") as worker:
-        for index, chunk in enumerate(_prepared_ahead(frames, worker)):
+        for index, (chunk, row_lines) in enumerate(_prepared_ahead(frames, worker, ready)):
             with engine.begin() as conn:
-                counts = upsert_prepared(conn, source, chunk)
+                counts = upsert_prepared(conn, source, chunk, row_lines)
             total += counts
+            mostly_new = counts.inserted * 2 > chunk.table.num_rows
             if on_chunk is not None:
                 on_chunk(index, counts)
     return total
 
 
-def _prepared_ahead(frames: Iterable[pd.DataFrame | pa.Table], worker: Executor) -> Iterator[PreparedChunk]:
-    """``prepare(frame)`` of every frame, one frame ahead of the consumer, in order.
+def _prepared_ahead(
+    frames: Iterable[pd.DataFrame | pa.Table],
+    worker: Executor,
+    ready: Callable[[pd.DataFrame | pa.Table], _T],
+) -> Iterator[_T]:
+    """``ready(frame)`` of every frame on the worker, one frame ahead of the consumer, in order.
 
     The stream itself is read in the caller's thread. If reading it fails, the chunk read
     before is still handed out first, as a plain loop would have written it.
     """
-    pending: Future[PreparedChunk] | None = None
+    pending: Future[_T] | None = None
     stream = iter(frames)
     while True:
         try:
@@ -560,7 +612,7 @@ def _prepared_ahead(frames: Iterable[pd.DataFrame | pa.Table], worker: Executor)
             if pending is not None:
                 yield pending.result()
             raise
-        upcoming = worker.submit(prepare, frame)
+        upcoming = worker.submit(ready, frame)
         if pending is not None:
             yield pending.result()
         pending = upcoming

@@ -99,7 +99,3 @@ _READ_ONLY = "orders_etl_read_only"
 def reading(engine: Engine) -> Engine:
     """The same engine for read-only work: on SQLite its transactions take no write lock."""
     return engine.execution_options(**{_READ_ONLY: True})
-
-
-def is_sqlite(engine: Engine | sa.Connection) -> bool:
-    return engine.dialect.name == "sqlite"

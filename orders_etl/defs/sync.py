@@ -14,12 +14,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import dagster as dg
+import pyarrow as pa
 import sqlalchemy as sa
 
-from orders_etl.model import OrderRecord, Reject, Source
+from orders_etl.model import InvalidOrder, Reject, Source
 from orders_etl.sources.base import Log, Normalized, SourceError, batches
 from orders_etl.store import LandedRecord, OrderStore, RawRecord, UpsertCounts
 from orders_etl.store.engine import reading
+from orders_etl.store.frames import FRAME_COLUMNS, NO_KEY, canonical_text, rows_to_table
 from orders_etl.store.schema import order_rejects, raw_orders, source_orders
 
 OWNERS = ["team:data-engineering"]
@@ -197,7 +199,7 @@ class NormalizeOutcome:
     rejected: int = 0
     skipped: int = 0
     deleted: int = 0
-    preview: list[OrderRecord] = field(default_factory=list)
+    preview: list[tuple[str | None, ...]] = field(default_factory=list)  # canonical rows
     reject_preview: list[Reject] = field(default_factory=list)
 
     def add_rejects(self, rejects: Sequence[Reject]) -> None:
@@ -215,22 +217,63 @@ def normalize_window(
 ) -> NormalizeOutcome:
     """Normalize every landed version in the window, streaming; upsert orders in batches
     (one transaction each) and quarantine rejects with their reason.
+
+    One upsert stream over all the batches: the store prepares and writes a batch while the
+    next one is being normalized (two cores busy, not one).
+
+    A row of a fast mapping that the store's boundary checks still refuse would be a bug
+    in that mapping; it must not cost the window: its order is quarantined with the
+    store's reason and the window normalized again (idempotent) without it.
     """
+    refused: dict[str | None, str] = {}
+    while True:
+        try:
+            return _normalize_pass(context, store, source, window, normalize, refused)
+        except InvalidOrder as exc:
+            key = None if exc.record_key == NO_KEY else exc.record_key
+            if key in refused:
+                raise
+            context.log.warning(f"{source}: the store refused a normalized order: {exc}; normalizing again")
+            refused[key] = str(exc)
+
+
+def _normalize_pass(
+    context: dg.AssetExecutionContext,
+    store: OrderStore,
+    source: Source,
+    window: SyncWindow,
+    normalize: Callable[[Iterable[LandedRecord]], Iterable[Normalized]],
+    refused: dict[str | None, str],
+) -> NormalizeOutcome:
     outcome = NormalizeOutcome()
     run_id = context.run.run_id
     landed = (record for chunk in store.iter_raw(source, window.start, window.end) for record in chunk)
-    for batch in _guarded(source, batches(normalize(landed), NORMALIZE_BATCH)):
-        if batch.rejects:
-            store.record_rejects(batch.rejects, run_id=run_id)
-            outcome.add_rejects(batch.rejects)
-        counts = store.upsert(source, batch.orders) if batch.orders else UpsertCounts()
-        outcome.counts += counts
-        outcome.skipped += batch.skipped
-        outcome.preview.extend(batch.orders[: PREVIEW_ROWS - len(outcome.preview)])
-        context.log.info(
-            f"{source}: normalized {len(batch)} records: {len(batch.orders)} orders "
-            f"({_describe_counts(counts)}), {len(batch.rejects)} rejected, {batch.skipped} skipped"
-        )
+    pending: list[str] = []  # one line per batch, logged once its upsert committed
+
+    def frames() -> Iterator[pa.Table]:
+        for batch in _guarded(source, batches(normalize(landed), NORMALIZE_BATCH)):
+            rows = [*batch.rows, *map(canonical_text, batch.orders)]
+            rejects = list(batch.rejects)
+            if refused:
+                rejects += [
+                    Reject(source.value, str(r[0]), refused[r[0]], None) for r in rows if r[0] in refused
+                ]
+                rows = [r for r in rows if r[0] not in refused]
+            if rejects:
+                store.record_rejects(rejects, run_id=run_id)
+                outcome.add_rejects(rejects)
+            outcome.skipped += batch.skipped
+            outcome.preview.extend(rows[: PREVIEW_ROWS - len(outcome.preview)])
+            pending.append(
+                f"{source}: normalized {len(batch)} records: {len(rows)} orders, "
+                f"{len(rejects)} rejected, {batch.skipped} skipped"
+            )
+            yield rows_to_table(rows)
+
+    def committed(_index: int, counts: UpsertCounts) -> None:
+        context.log.info(f"{pending.pop(0)}; upserted: {_describe_counts(counts)}")
+
+    outcome.counts = store.upsert_frames(source, frames(), on_chunk=committed)
     if not outcome.counts.total and not outcome.rejected and not outcome.skipped:
         context.log.info(f"{source}: nothing landed in {window.describe()}")
     return outcome
@@ -290,16 +333,17 @@ def advance_cursor(
 def normalized_result(
     store: OrderStore, source: Source, window: SyncWindow, outcome: NormalizeOutcome, mark: datetime | None
 ) -> dg.MaterializeResult:
+    column = {name: index for index, name in enumerate(FRAME_COLUMNS)}
     orders_preview = [
         {
-            "external_id": o.external_id,
-            "number": o.number,
-            "status": o.status.value,
-            "payment_status": o.payment_status.value if o.payment_status else "",
-            "total": f"{o.total_amount} {o.currency}",
-            "updated_at": o.updated_at.isoformat(),
+            "external_id": row[column["external_id"]],
+            "number": row[column["number"]],
+            "status": row[column["status"]],
+            "payment_status": row[column["payment_status"]] or "",
+            "total": f"{row[column['total_amount']]} {row[column['currency']]}",
+            "updated_at": row[column["updated_at"]],
         }
-        for o in outcome.preview
+        for row in outcome.preview
     ]
     rejects_preview = [{"record_key": r.record_key, "reason": r.reason} for r in outcome.reject_preview]
     preview = markdown_table(list(orders_preview[0]) if orders_preview else ["external_id"], orders_preview)

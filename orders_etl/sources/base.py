@@ -8,7 +8,8 @@ A source module offers two plain-Python parts that the Dagster assets (and tests
   :class:`SourceError` (naming the source and the cause, never a secret) when it cannot
   deliver the whole window: a partial window is never reported as complete.
 * a **normalizer** turning landed payloads into :data:`Normalized` items: an
-  ``OrderRecord``, a :class:`~orders_etl.model.Reject` (kept in ``order_rejects`` with its
+  ``OrderRecord`` or, from a fast mapping, an :class:`~orders_etl.canonical.OrderRow` (the
+  same order as canonical text), a :class:`~orders_etl.model.Reject` (kept in ``order_rejects`` with its
   reason) or a :class:`Skipped` (deliberately not stored, e.g. Shopify test orders; counted).
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from orders_etl.canonical import OrderRow
 from orders_etl.model import OrderRecord, Reject
 
 # A progress callback: one human-readable line per page or chunk, with counts.
@@ -48,24 +50,27 @@ class Skipped:
     reason: str
 
 
-Normalized = OrderRecord | Reject | Skipped
+Normalized = OrderRow | OrderRecord | Reject | Skipped
 
 
 @dataclass
 class NormalizedBatch:
+    rows: list[OrderRow] = field(default_factory=list)
     orders: list[OrderRecord] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     skipped: int = 0
 
     def __len__(self) -> int:
-        return len(self.orders) + len(self.rejects) + self.skipped
+        return len(self.rows) + len(self.orders) + len(self.rejects) + self.skipped
 
 
 def batches(items: Iterable[Normalized], size: int = 50_000) -> Iterator[NormalizedBatch]:
     """Group a normalizer's output into batches of about ``size`` items (bounded memory)."""
     batch = NormalizedBatch()
     for item in items:
-        if isinstance(item, OrderRecord):
+        if isinstance(item, OrderRow):  # the usual case first: fast mappings yield rows
+            batch.rows.append(item)
+        elif isinstance(item, OrderRecord):
             batch.orders.append(item)
         elif isinstance(item, Reject):
             batch.rejects.append(item)

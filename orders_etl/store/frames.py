@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +59,7 @@ _HEXDIGEST = type(hashlib.blake2b()).hexdigest
 # Text whose repr is itself between single quotes: printable ASCII but ' and \.
 _PLAIN_REPR = r"^[\x20-\x26\x28-\x5b\x5d-\x7e]*$"
 _END = 2**31 - 1  # a slice start past any text's end: replacing there appends
+NO_KEY = "<no key>"  # how an InvalidOrder names a row without external_id
 
 
 # ---------------------------------------------------------------------------------------
@@ -96,7 +97,11 @@ def canonical_text(record: OrderRecord) -> tuple[str | None, ...]:
 
 def records_to_table(records: Iterable[OrderRecord]) -> pa.Table:
     """Validated records as an Arrow frame of canonical text (see the module docstring)."""
-    rows = [canonical_text(record) for record in records]
+    return rows_to_table([canonical_text(record) for record in records])
+
+
+def rows_to_table(rows: Sequence[tuple[str | None, ...]]) -> pa.Table:
+    """Rows of canonical text in FRAME_COLUMNS order (``orders_etl.canonical.OrderRow``) as a frame."""
     columns = list(zip(*rows, strict=True)) if rows else [()] * len(FRAME_COLUMNS)
     return pa.table(
         {
@@ -146,7 +151,7 @@ def _reject_first(table: pa.Table, bad: pa.Array | pa.ChunkedArray, field: str, 
     key = table.column("external_id")[row].as_py()
     value = table.column(field)[row].as_py()
     shown = repr(value) if value is None or len(value) <= 80 else repr(value[:77] + "...")
-    raise InvalidOrder("<no key>" if key is None else key, [f"field {field!r} = {shown}: {problem}"])
+    raise InvalidOrder(NO_KEY if key is None else key, [f"field {field!r} = {shown}: {problem}"])
 
 
 def validate(table: pa.Table) -> None:

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 from orders_etl.model import Reject
 from orders_etl.store.engine import reading
 from orders_etl.store.schema import order_rejects, raw_orders, sync_state
+from orders_etl.store.types import sqlite_datetime
 
 LANDING_CHUNK_SIZE = 5_000
 # Record keys are indexed: a PostgreSQL btree entry much past 2.7 kB is refused.
@@ -29,19 +30,56 @@ MAX_KEY_BYTES = 1_000
 
 @dataclass(frozen=True, slots=True)
 class RawRecord:
-    """One record as the source sent it: its key, the source's update time, the payload."""
+    """One record as the source sent it: its key, the source's update time, the payload.
+
+    ``text``: the payload's JSON text exactly as received, when the reader has it (a bulk
+    file's line): landed as it is, which spares encoding it again. Otherwise the payload
+    is landed as canonical JSON (:func:`dump_payload`).
+    """
 
     record_key: str
     updated_at: datetime | None
     payload: Any
+    text: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+_UNREAD = object()
+
+
 class LandedRecord:
-    record_key: str
-    updated_at: datetime | None
-    payload: Any
-    raw_id: int
+    """A landed version: its key, ``updated_at``, JSON ``text`` and ``raw_id``.
+
+    ``payload`` (the text parsed, amounts as Decimal) is parsed on first use only: a fast
+    normalizer decodes ``text`` itself and never pays for it.
+    """
+
+    __slots__ = ("_payload", "raw_id", "record_key", "text", "updated_at")
+
+    def __init__(
+        self,
+        record_key: str,
+        updated_at: datetime | None,
+        payload: Any = _UNREAD,
+        raw_id: int = 0,
+        *,
+        text: str | None = None,
+    ) -> None:
+        if payload is _UNREAD and text is None:
+            raise TypeError("a LandedRecord needs its payload or its text")
+        self.record_key = record_key
+        self.updated_at = updated_at
+        self.raw_id = raw_id
+        self.text = dump_payload(payload) if text is None else text
+        self._payload = payload
+
+    @property
+    def payload(self) -> Any:
+        if self._payload is _UNREAD:
+            self._payload = load_payload(self.text)
+        return self._payload
+
+    def __repr__(self) -> str:
+        return f"LandedRecord({self.record_key!r}, {self.updated_at!r}, raw_id={self.raw_id})"
 
 
 def _json_default(value: Any) -> Any:
@@ -124,32 +162,69 @@ def land_raw(
     run_id: str | None = None,
     chunk_size: int = LANDING_CHUNK_SIZE,
 ) -> int:
-    """Land raw records (one transaction per chunk); returns how many were new."""
+    """Land raw records (one transaction per chunk); returns how many were new.
+
+    Written through the driver in bulk (SQLite: one ``executemany``; PostgreSQL: ``COPY``
+    into a temporary table, then one ``INSERT … SELECT``), each ``ON CONFLICT DO NOTHING``:
+    a payload landed before costs one index probe, so re-landing a window is cheap.
+    """
     landed = 0
     fetched_at = datetime.now(UTC)
     for chunk in _chunks(records, chunk_size):
         rows = []
         for record in chunk:
-            text = dump_payload(record.payload)
-            rows.append(
-                {
-                    "source": source,
-                    "record_key": storable_key(record.record_key),
-                    "updated_at": record.updated_at,
-                    "payload": text,
-                    "payload_hash": hashlib.blake2b(text.encode(), digest_size=16).hexdigest(),
-                    "fetched_at": fetched_at,
-                    "run_id": run_id,
-                }
-            )
+            text = dump_payload(record.payload) if record.text is None else record.text
+            digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+            rows.append((storable_key(record.record_key), record.updated_at, text, digest))
         with engine.begin() as conn:
-            statement = (
-                _insert(conn, raw_orders)
-                .on_conflict_do_nothing(index_elements=["source", "record_key", "payload_hash"])
-                .returning(raw_orders.c.raw_id)
-            )
-            landed += len(conn.execute(statement, rows).all())
+            if conn.dialect.name == "postgresql":
+                landed += _land_postgresql(conn, source, rows, fetched_at, run_id)
+            else:
+                landed += _land_sqlite(conn, source, rows, fetched_at, run_id)
     return landed
+
+
+_RAW_COLUMNS = "source, record_key, updated_at, payload, payload_hash, fetched_at, run_id"
+
+
+def _land_sqlite(
+    conn: Connection, source: str, rows: list[tuple[Any, ...]], fetched_at: datetime, run_id: str | None
+) -> int:
+    driver = conn.connection.driver_connection
+    before = driver.total_changes  # type: ignore[union-attr]
+    fetched = sqlite_datetime(fetched_at)
+    driver.executemany(  # type: ignore[union-attr]
+        f"INSERT INTO raw_orders ({_RAW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (source, record_key, payload_hash) DO NOTHING",
+        [
+            (source, key, sqlite_datetime(updated), text, digest, fetched, run_id)
+            for key, updated, text, digest in rows
+        ],
+    )
+    return driver.total_changes - before  # type: ignore[union-attr]
+
+
+def _land_postgresql(
+    conn: Connection, source: str, rows: list[tuple[Any, ...]], fetched_at: datetime, run_id: str | None
+) -> int:
+    conn.exec_driver_sql(
+        "CREATE TEMP TABLE IF NOT EXISTS staging_raw (record_key TEXT, updated_at TIMESTAMPTZ, "
+        "payload TEXT, payload_hash TEXT) ON COMMIT DELETE ROWS"
+    )
+    driver = conn.connection.driver_connection
+    statement = "COPY staging_raw (record_key, updated_at, payload, payload_hash) FROM STDIN"
+    with driver.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[union-attr]
+        for row in rows:
+            copy.write_row(row)
+    result = conn.execute(
+        sa.text(
+            f"INSERT INTO raw_orders ({_RAW_COLUMNS}) "
+            "SELECT :source, record_key, updated_at, payload, payload_hash, :fetched_at, :run_id "
+            "FROM staging_raw ON CONFLICT (source, record_key, payload_hash) DO NOTHING"
+        ),
+        {"source": source, "fetched_at": fetched_at, "run_id": run_id},
+    )
+    return result.rowcount
 
 
 def iter_raw(
@@ -184,7 +259,7 @@ def iter_raw(
         result = conn.execution_options(yield_per=chunk_size).execute(query)
         for partition in result.partitions(chunk_size):
             yield [
-                LandedRecord(key, updated, load_payload(payload), raw_id)
+                LandedRecord(key, updated, raw_id=raw_id, text=payload)
                 for key, updated, payload, raw_id in partition
             ]
 

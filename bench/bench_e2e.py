@@ -173,6 +173,7 @@ def run_case(defs: Any, end_day: str, sampler: RssSampler) -> dict[str, Any]:
                 "dagster/asset_partition_range_end": end_day,
                 "orders_etl/trigger": "bench",
             },
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
             raise_on_error=True,
         )
         entries = instance.all_logs(result.run_id)

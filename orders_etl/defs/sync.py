@@ -7,6 +7,7 @@ can be synced again at any time: raw payloads land once, the upsert keeps the ne
 
 from __future__ import annotations
 
+import queue
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,10 +19,11 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from orders_etl.model import InvalidOrder, Reject, Source
-from orders_etl.sources.base import Log, Normalized, SourceError, batches
+from orders_etl.sources.base import Log, Normalized, SourceError, batches, read_ahead
 from orders_etl.store import LandedRecord, OrderStore, RawRecord, UpsertCounts
 from orders_etl.store.engine import reading
 from orders_etl.store.frames import FRAME_COLUMNS, NO_KEY, canonical_text, rows_to_table
+from orders_etl.store.landing import LANDING_CHUNK_SIZE
 from orders_etl.store.schema import order_rejects, raw_orders, source_orders
 
 OWNERS = ["team:data-engineering"]
@@ -161,9 +163,23 @@ def land(
             yield record
 
     context.log.info(f"{source}: fetching orders updated in {window.describe()}")
+    # The reader runs on a thread of its own (read_ahead) while this one writes; its
+    # progress lines are logged from here, between chunks.
+    messages: queue.SimpleQueue[str] = queue.SimpleQueue()
+
+    def log_messages() -> None:
+        while not messages.empty():
+            context.log.info(messages.get())
+
     with opened(source, make_reader) as reader:
-        records = reader.fetch(window.start, window.end, context.log.info)
-        outcome.landed = store.land_raw(source, counted(records), run_id=context.run.run_id)
+        records = counted(reader.fetch(window.start, window.end, messages.put))
+        try:
+            for chunk in read_ahead(records, LANDING_CHUNK_SIZE):
+                outcome.landed += store.land_raw(source, chunk, run_id=context.run.run_id)
+                log_messages()
+                context.log.debug(f"{source}: {outcome.fetched} records read, {outcome.landed} landed")
+        finally:
+            log_messages()
     context.log.info(f"{source}: fetched {outcome.fetched} records, {outcome.landed} new payloads landed")
     return outcome
 
@@ -273,7 +289,10 @@ def _normalize_pass(
     def committed(_index: int, counts: UpsertCounts) -> None:
         context.log.info(f"{pending.pop(0)}; upserted: {_describe_counts(counts)}")
 
-    outcome.counts = store.upsert_frames(source, frames(), on_chunk=committed)
+    # Normalizing (Python) runs on a thread of its own, a batch ahead of the upsert (mostly
+    # database and Arrow work, which releases the GIL).
+    ahead = (table for [table] in read_ahead(frames(), 1))
+    outcome.counts = store.upsert_frames(source, ahead, on_chunk=committed)
     if not outcome.counts.total and not outcome.rejected and not outcome.skipped:
         context.log.info(f"{source}: nothing landed in {window.describe()}")
     return outcome

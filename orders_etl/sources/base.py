@@ -15,12 +15,16 @@ A source module offers two plain-Python parts that the Dagster assets (and tests
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from orders_etl.canonical import OrderRow
 from orders_etl.model import OrderRecord, Reject
 
+T = TypeVar("T")
 # A progress callback: one human-readable line per page or chunk, with counts.
 Log = Callable[[str], None]
 # Resolves Shopify order names (e.g. "#1001") to Shopify external ids; unknown names are absent.
@@ -81,3 +85,56 @@ def batches(items: Iterable[Normalized], size: int = 50_000) -> Iterator[Normali
             batch = NormalizedBatch()
     if len(batch):
         yield batch
+
+
+_DONE = object()
+
+
+def read_ahead(items: Iterable[T], size: int, depth: int = 2) -> Iterator[list[T]]:
+    """``items`` in lists of ``size``, produced by a thread of their own up to ``depth`` lists ahead.
+
+    Reading and decoding a source is Python work; writing to the store is mostly database
+    work that releases the GIL. Running the two in different threads keeps both cores busy.
+    Order is kept; an error of ``items`` is raised here, after the lists before it. When the
+    consumer stops early (an error, a closed generator), the thread stops at its next list.
+    """
+    handoff: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            chunk: list[T] = []
+            for item in items:
+                chunk.append(item)
+                if len(chunk) >= size:
+                    if not put(chunk):
+                        return
+                    chunk = []
+            if chunk and not put(chunk):
+                return
+            put(_DONE)
+        except BaseException as exc:  # handed over to the consumer, raised there
+            put(exc)
+
+    thread = threading.Thread(target=produce, name="orders-etl-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = handoff.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join()

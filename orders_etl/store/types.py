@@ -27,7 +27,17 @@ def sqlite_datetime(value: datetime | None) -> str | None:
         return None
     if value.tzinfo is None:
         raise ValueError(f"naive datetime {value!r} reached the store")
-    return value.astimezone(UTC).strftime(SQLITE_DATETIME_FORMAT)
+    value = value.astimezone(UTC)
+    if value.year >= 1000:  # isoformat is the same text, several times faster than strftime
+        return value.isoformat(" ", "microseconds")[:-6]
+    return value.strftime(SQLITE_DATETIME_FORMAT)
+
+
+def parse_sqlite_datetime(text: str) -> datetime:
+    """The datetime of the text :func:`sqlite_datetime` stores (fromisoformat: C, no strptime)."""
+    if len(text) == 26:
+        return datetime.fromisoformat(text).replace(tzinfo=UTC)
+    return datetime.strptime(text, SQLITE_DATETIME_FORMAT).replace(tzinfo=UTC)
 
 
 def sqlite_money(value: Decimal | None) -> str | None:
@@ -83,5 +93,5 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         if isinstance(value, str):
-            return datetime.strptime(value, SQLITE_DATETIME_FORMAT).replace(tzinfo=UTC)
+            return parse_sqlite_datetime(value)
         return value.astimezone(UTC)

@@ -135,8 +135,12 @@ def storable_key(key: str) -> str:
     return text
 
 
+# One decoder for every payload: json.loads with options builds a new one per call.
+_PAYLOAD_DECODER = json.JSONDecoder(parse_float=Decimal)
+
+
 def load_payload(text: str) -> Any:
-    return json.loads(text, parse_float=Decimal)
+    return _PAYLOAD_DECODER.decode(text)
 
 
 def _insert(conn: Connection, table: sa.Table) -> Any:

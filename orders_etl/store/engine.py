@@ -55,6 +55,10 @@ class _DecimalSum:
         return None if self.total is None else str(self.total)
 
 
+SQLITE_WRITE_CACHE_KIB = 64 * 1024
+SQLITE_READ_CACHE_KIB = 8 * 1024
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
@@ -66,7 +70,6 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.execute("PRAGMA temp_store = MEMORY")
-        cursor.execute("PRAGMA cache_size = -131072")  # 128 MiB page cache
         # Checkpoint the WAL every ~40 MB instead of every 4 MB: a bulk load of payloads
         # then spends a quarter less time copying pages and syncing the file.
         cursor.execute("PRAGMA wal_autocheckpoint = 10000")
@@ -76,6 +79,11 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection: sa.Connection) -> None:
         read_only = connection.get_execution_options().get(_READ_ONLY, False)
+        # Page cache per connection: writes probe indexes all over (a big cache pays), reads
+        # mostly scan once (it would only hold memory). Sized per transaction because a
+        # pooled connection serves both; the bound keeps a sync's memory flat at any size.
+        cache_kib = SQLITE_READ_CACHE_KIB if read_only else SQLITE_WRITE_CACHE_KIB
+        connection.exec_driver_sql(f"PRAGMA cache_size = -{cache_kib}")
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from orders_etl.definitions import ASSETS
 from orders_etl.defs.orders.assets import orders
-from orders_etl.defs.orders.checks import orders_checks
+from orders_etl.defs.orders.checks import money_problems, orders_checks
 from orders_etl.defs.reconciliation.assets import reconciliation
 from orders_etl.model import Source
 from orders_etl.store import OrderStore
@@ -156,3 +156,22 @@ def test_duplicate_golden_rows_fail_the_blocking_check_and_skip_reconciliation(p
         assert store.read_table("reconciliation_summary")["computed_at"].tolist() == before
     finally:
         store.dispose()
+
+
+def test_money_check_decides_on_exact_amounts_where_floats_cannot_tell(synced):
+    """The database pre-selects with floats; amounts 0.001 apart at 10**14 are equal as
+    floats, and the exact comparison still finds the tax above the total."""
+    store, _ = synced
+    execute(
+        store,
+        "UPDATE orders SET currency = 'KWD', total_amount = '99999999999999.998', "
+        "tax_amount = '99999999999999.999' WHERE external_id = '1001'",
+    )
+    execute(
+        store,
+        "UPDATE orders SET currency = 'KWD', total_amount = '99999999999999.999', "
+        "tax_amount = '99999999999999.998' WHERE external_id = '1002'",
+    )
+    assert float("99999999999999.998") == float("99999999999999.999")
+    problems = {problem.external_id: problem.problem for problem in money_problems(store)}
+    assert problems == {"1001": "tax_amount exceeds total_amount"}

@@ -195,10 +195,10 @@ def run_case(defs: Any, end_day: str, sampler: RssSampler) -> dict[str, Any]:
 def child(size: int, store: str, data: Path, pg_url: str) -> None:
     """Runs in a fresh process: cold, re-run and update into a new store; one JSON line out."""
     os.environ["ORDERS_ETL_START_DATE"] = START_DATE
+    from orders_etl.definitions import build_defs
     from orders_etl.defs.erp.resources import ErpFilesResource
     from orders_etl.defs.shopify.resources import ShopifyBulkFileResource
     from orders_etl.defs.store.resources import StoreResource
-    from orders_etl.definitions import build_defs
 
     with _store_url(store, data, pg_url) as url:
 
@@ -241,8 +241,10 @@ def _store_url(store: str, data: Path, pg_url: str) -> Iterator[str]:
     with admin.begin() as conn:
         conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
     try:
-        yield sa.make_url(pg_url).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-            hide_password=False
+        yield (
+            sa.make_url(pg_url)
+            .update_query_dict({"options": f"-csearch_path={schema}"})
+            .render_as_string(hide_password=False)
         )
     finally:
         with admin.begin() as conn:

@@ -46,7 +46,7 @@ from orders_etl.defs.partitions import daily_partitions
 from orders_etl.defs.store.resources import StoreResource
 from orders_etl.store import OrderStore
 from orders_etl_tests import dagster_doubles as doubles
-from orders_etl_tests.conftest import PG_URL, fresh_pg_url, require_postgres
+from orders_etl_tests.conftest import PG_URL, fresh_pg_url
 from orders_etl_tests.crash_harness import ROOT, marks_and_keys, updated_keys
 
 pytestmark = pytest.mark.postgres
@@ -368,11 +368,24 @@ def reference_url() -> Iterator[str]:
     yield from fresh_pg_url()
 
 
+@pytest.fixture
+def reference(reference_url) -> Iterator[OrderStore]:
+    store = OrderStore.from_url(reference_url)
+    yield store
+    store.dispose()
+
+
+@pytest.fixture
+def pg_store(pg_url) -> Iterator[OrderStore]:
+    store = OrderStore.from_url(pg_url)
+    yield store
+    store.dispose()
+
+
 @pytest.mark.timeout(600)
 def test_thirty_days_in_three_concurrent_runs_equal_the_ranges_run_in_sequence(
-    pg_url, reference_url, tmp_path, monkeypatch
+    pg_url, pg_store, reference_url, reference, tmp_path, monkeypatch
 ):
-    require_postgres()
     assert daily_partitions.start == _day(MONTH[0]), "run with ORDERS_ETL_START_DATE unset or 2026-01-01"
     data, month = write_month(tmp_path / "sources.json")
     assert len(month.cross_range) >= 4, month.cross_range  # the data holds the documented exception
@@ -382,7 +395,6 @@ def test_thirty_days_in_three_concurrent_runs_equal_the_ranges_run_in_sequence(
 
     # The reference: the three ranges one after the other, in-process (on an ephemeral
     # instance: a temporary SQLite one records events ten times slower).
-    reference = OrderStore.from_url(reference_url)
     resources = doubles.double_resources(str(data), store=StoreResource(database_url=reference_url))
     for first, last in RANGES:
         assert dg.materialize(ASSETS, resources=resources, tags=range_tags(first, last)).success, first
@@ -392,7 +404,6 @@ def test_thirty_days_in_three_concurrent_runs_equal_the_ranges_run_in_sequence(
     expected_marks = marks_and_keys(reference_url)[0]
     reference_keys = updated_keys(reference_url)
 
-    store = OrderStore.from_url(pg_url)
     config = tmp_path / "multiprocess.json"  # JSON is YAML
     config.write_text(json.dumps(MULTIPROCESS))
     with postgres_dagster_home(tmp_path / "dagster_home", monkeypatch) as home:
@@ -416,9 +427,9 @@ def test_thirty_days_in_three_concurrent_runs_equal_the_ranges_run_in_sequence(
             assert most_at_once(in_pool) == 1, (pool, in_pool)
 
         # Right after the runs: the reference, but for the cross-range links.
-        assert_one_golden_row_per_order(store)
+        assert_one_golden_row_per_order(pg_store)
         cross = month.cross_range
-        assert store_rows(store, without=cross) == store_rows(reference, without=cross)
+        assert store_rows(pg_store, without=cross) == store_rows(reference, without=cross)
         marks, keys = marks_and_keys(pg_url)
         assert marks.keys() == expected_marks.keys()
         for source, mark in marks.items():
@@ -437,8 +448,6 @@ def test_thirty_days_in_three_concurrent_runs_equal_the_ranges_run_in_sequence(
         with stopped_on_exit([settle]):
             finish(settle, log)
 
-    assert_one_golden_row_per_order(store)
-    assert store_rows(store) | reconciliation_rows(store) == expected
+    assert_one_golden_row_per_order(pg_store)
+    assert store_rows(pg_store) | reconciliation_rows(pg_store) == expected
     assert marks_and_keys(pg_url)[0] == expected_marks
-    store.dispose()
-    reference.dispose()

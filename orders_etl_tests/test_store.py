@@ -309,3 +309,22 @@ def test_an_erp_order_resolved_later_replaces_its_erp_number_key(store: OrderSto
         ("shopify", "5001"),
     ]
     assert _rows(store, orders, "external_id", "origin") == [("5001", "shopify"), ("SO-2", "erp_files")]
+
+
+def test_an_erp_order_keyed_on_its_number_after_it_was_stored_resolved_leaves_no_phantom(
+    store: OrderStore,
+) -> None:
+    # Two runs at once: one resolved the document, the other (without the Shopify order in
+    # the store yet) keyed the same version on its ERP number and wrote it afterwards.
+    store.upsert("shopify", [order("5001", number="#1001")])
+    store.upsert("erp_files", [order("5001", number="SO-1")])
+    store.upsert("erp_files", [order("SO-1", number="SO-1"), order("SO-2", number="SO-2")])
+    assert _rows(store, source_orders, "source", "external_id") == [
+        ("erp_files", "5001"),
+        ("erp_files", "SO-2"),
+        ("shopify", "5001"),
+    ]
+    assert _rows(store, orders, "external_id", "origin") == [("5001", "shopify"), ("SO-2", "erp_files")]
+    # A later version keyed on its number (the reference was removed) is a different story: it stays.
+    store.upsert("erp_files", [order("SO-1", number="SO-1", updated_at=LATER)])
+    assert ("erp_files", "SO-1") in _rows(store, source_orders, "source", "external_id")

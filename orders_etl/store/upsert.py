@@ -513,30 +513,37 @@ def _drop_superseded_erp_keys(conn: Connection, source: str) -> None:
     the Shopify ``external_id``; its old row would otherwise live on as a phantom
     ERP-only order reported ``missing_in_shopify``. Its golden row goes too, unless
     another source still holds that key.
+
+    Either order of arrival ends the same: this chunk resolves a document keyed on its
+    number before, or this chunk keys a document on its number (a run that could not
+    resolve it) after another run already stored it resolved. Only a provisional row that
+    is not newer than the resolved one goes: a later version keyed on the ERP number (its
+    reference removed) must not lose to an older one.
     """
-    superseded = (
-        # staging_orders holds only this chunk's inserts and updates.
-        "SELECT number FROM staging_orders WHERE number <> external_id"
-    )
-    # Only a provisional row that is not newer than the version resolving it: a later version
-    # keyed on the ERP number (its reference removed) must not lose to an older one. (One
-    # primary-key probe per staged row, as before.)
-    not_newer = (
-        f"{superseded} AND updated_at >= (SELECT so.updated_at FROM source_orders AS so "
+    # staging_orders holds only this chunk's inserts and updates.
+    resolved_here = (
+        "SELECT number FROM staging_orders WHERE number <> external_id AND updated_at >= "
+        "(SELECT so.updated_at FROM source_orders AS so "
         "WHERE so.source = :source AND so.external_id = staging_orders.number)"
     )
+    resolved_before = (
+        "SELECT external_id FROM staging_orders WHERE number = external_id AND EXISTS "
+        "(SELECT 1 FROM source_orders AS r WHERE r.source = :source AND r.number = staging_orders.number "
+        "AND r.external_id <> r.number AND r.updated_at >= staging_orders.updated_at)"
+    )
     # A provisional row is keyed on its own number; a row keyed on a Shopify id that happens to
-    # equal another document's ERP number is a different order and stays.
+    # equal another document's ERP number is a different order and stays. (Index probes per
+    # staged row: (source, external_id) and (source, number).)
     conn.execute(
         sa.text(
             "DELETE FROM source_orders WHERE source = :source AND number = external_id "
-            f"AND external_id IN ({not_newer})"
+            f"AND external_id IN ({resolved_here} UNION ALL {resolved_before})"
         ),
         {"source": source},
     )
     conn.execute(
         sa.text(
-            f"DELETE FROM orders WHERE external_id IN ({superseded}) AND NOT EXISTS "
+            "DELETE FROM orders WHERE external_id IN (SELECT number FROM staging_orders) AND NOT EXISTS "
             "(SELECT 1 FROM source_orders AS so WHERE so.external_id = orders.external_id)"
         )
     )

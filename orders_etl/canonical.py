@@ -2,7 +2,7 @@
 
 A mapping that handles millions of records cannot afford an ``OrderRecord`` (pydantic) per
 order: at a million orders that alone costs tens of seconds. So a source's fast mapping
-yields an :class:`OrderRow` instead, the order's values as the canonical texts the store
+yields an ``OrderRow`` instead, the order's values as the canonical texts the store
 keeps (``orders_etl.store.frames``: money at the currency's exponent, UTC time as
 ``YYYY-MM-DD HH:MM:SS.ffffff``, enum values), in :data:`ROW_FIELDS` order. The store checks
 every column of a chunk with the model's rules at its boundary, so a row is held to the
@@ -24,11 +24,10 @@ ROW_FIELDS: tuple[str, ...] = FRAME_COLUMNS
 ROW_INDEX = {name: index for index, name in enumerate(ROW_FIELDS)}
 
 
-class OrderRow(tuple[str | None, ...]):
-    """One normalized order as canonical texts in :data:`ROW_FIELDS` order (a tuple, so it
-    costs next to nothing; its own type so a batch tells it from the other outcomes)."""
-
-    __slots__ = ()
+# One normalized order as canonical texts in ROW_FIELDS order. A plain tuple, not a
+# subclass: the garbage collector untracks tuples of strings, never instances of a tuple
+# subclass, and rescanning a batch of rows held alive cost ~2.5 µs per order.
+OrderRow = tuple[str | None, ...]
 
 
 def utc_text(moment: datetime | None) -> str | None:

@@ -8,7 +8,7 @@ A source module offers two plain-Python parts that the Dagster assets (and tests
   :class:`SourceError` (naming the source and the cause, never a secret) when it cannot
   deliver the whole window: a partial window is never reported as complete.
 * a **normalizer** turning landed payloads into :data:`Normalized` items: an
-  ``OrderRecord`` or, from a fast mapping, an :class:`~orders_etl.canonical.OrderRow` (the
+  ``OrderRecord`` or, from a fast mapping, an ``OrderRow`` (``orders_etl.canonical``: the
   same order as canonical text), a :class:`~orders_etl.model.Reject` (kept in ``order_rejects`` with its
   reason) or a :class:`Skipped` (deliberately not stored, e.g. Shopify test orders; counted).
 """
@@ -72,7 +72,7 @@ def batches(items: Iterable[Normalized], size: int = 50_000) -> Iterator[Normali
     """Group a normalizer's output into batches of about ``size`` items (bounded memory)."""
     batch = NormalizedBatch()
     for item in items:
-        if isinstance(item, OrderRow):  # the usual case first: fast mappings yield rows
+        if type(item) is tuple:  # an OrderRow, the usual case: fast mappings yield rows
             batch.rows.append(item)
         elif isinstance(item, OrderRecord):
             batch.orders.append(item)

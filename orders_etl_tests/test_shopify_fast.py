@@ -27,11 +27,11 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
-from orders_etl.canonical import OrderRow
+from orders_etl.canonical import OrderRow, iso_utc_text
 from orders_etl.model import OrderRecord, Reject
 from orders_etl.sources.base import Skipped
 from orders_etl.sources.shopify import ShopifyBulkFileReader, bulk, normalize
-from orders_etl.sources.shopify.fast import FastMapping
+from orders_etl.sources.shopify.fast import FastMapping, _time
 from orders_etl.sources.shopify.mapping import (
     FULFILLMENT_STATUSES,
     PAYMENT_STATUS,
@@ -384,6 +384,21 @@ def test_fast_mapping_agrees_on_hostile_nodes(data: st.DataObject) -> None:
 )
 def test_unusual_texts_take_the_record_path(text: str) -> None:
     assert FastMapping(SHIPPING, False)(KEY, text) is None
+
+
+def test_shopify_times_are_canonical_exactly_when_the_general_rule_says_so() -> None:
+    """The one-regex case of ``_time`` (leap years and month lengths spelt out) against
+    ``iso_utc_text``, every day of the years around the edges of the calendar rules."""
+    years = [*range(1000, 1005), *range(1896, 2105), *range(2396, 2405), *range(9995, 10000)]
+    years += [century * 100 for century in range(10, 100)]  # 29 February of every century
+    checked = 0
+    for year in years:
+        for month in range(1, 13):
+            for day in range(1, 33):
+                text = f"{year:04d}-{month:02d}-{day:02d}T23:59:59Z"
+                assert _time(text) == iso_utc_text(text), text
+                checked += 1
+    assert checked > 80_000 and _time("2024-02-29T00:00:00Z") and not _time("2100-02-29T00:00:00Z")
 
 
 def test_normalize_gives_the_record_path_reject_when_the_fast_path_steps_aside() -> None:

@@ -10,9 +10,9 @@ texts the store keeps (``orders_etl.canonical``), a few µs an order.
 How it stays equal to the record path: it maps only the ordinary shape of an order and
 returns ``None`` for anything else, and then :func:`~orders_etl.sources.shopify.mapping.normalize`
 takes the record path, which gives the order, the skip or the reject (with the reason
-naming the field) as always. Every rule below is the record path's rule for that
-ordinary shape, in the same order; each place it says "None" is a value the record path
-might refuse, convert or name in a reject:
+naming the field) as always. Every rule below is the record path's rule for that ordinary
+shape (a test order is skipped before anything else is looked at, as there); each place
+that returns None is a value the record path might refuse, convert or name in a reject:
 
 * a type other than the Struct's (a number where a string is expected, a JSON number as
   an amount, a non-object), a lone surrogate escape, NaN: the decode fails; an integer

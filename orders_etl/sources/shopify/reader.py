@@ -1,8 +1,9 @@
 """Readers: the Shopify API (paging or bulk) and a local bulk-result file.
 
 Both yield :class:`RawRecord` (key = ``legacyResourceId``, ``updated_at`` = ``updatedAt``,
-payload = the order node) for orders updated in the half-open window ``[start, end)``, and
-record what they read in ``last_fetch`` so the caller can move its cursor: to
+payload = the order node; an ordinary line of a bulk result comes as its ``text``, as
+received, without payload: see ``bulk``) for orders updated in the half-open window
+``[start, end)``, and record what they read in ``last_fetch`` so the caller can move its cursor: to
 ``last_fetch.window_end``, and only once ``last_fetch.complete`` is true and the records
 are committed. A reader that cannot deliver the whole window raises ``SourceError``.
 """

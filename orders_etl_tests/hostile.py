@@ -257,17 +257,17 @@ def _texts_equal(stored: Any, expected: Any) -> bool:
 
 def check_batch(store: OrderStore, source: str, outcome: Outcome) -> dict[str, int]:
     """Every record accounted for and every stored text intact; returns what became of them."""
-    # 1. The landing holds each distinct record sent (key and payload; a payload sent twice
-    #    under one key is landed once), exactly, dated as sent.
+    # 1. The landing holds each distinct record sent (key and payload text: the text as
+    #    received if the reader kept it, else canonical JSON; a text sent twice under one key
+    #    is landed once), exactly, dated as sent.
     sent: dict[tuple[str, str], set[datetime | None]] = {}
     for record in outcome.sent:
-        sent.setdefault((storable_key(record.record_key), canonical(record.payload)), set()).add(
-            record.updated_at
-        )
-    landed = sorted((r.record_key, canonical(r.payload)) for r in outcome.landed)
+        text = record.text if record.text is not None else dump_payload(record.payload)
+        sent.setdefault((storable_key(record.record_key), text), set()).add(record.updated_at)
+    landed = sorted((r.record_key, r.text) for r in outcome.landed)
     assert landed == sorted(sent), "the raw landing differs from what the source sent"
     for record in outcome.landed:
-        assert record.updated_at in sent[(record.record_key, canonical(record.payload))]
+        assert record.updated_at in sent[(record.record_key, record.text)]
 
     # 2. One normalized item per landed record, each an order, a reject with a reason, or skipped.
     newest: dict[str, list[OrderRecord]] = {}  # per key: the versions with the latest updated_at

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from orders_etl.canonical import OrderRow
 from orders_etl.model import OrderRecord, OrderStatus, PaymentStatus, Reject
 from orders_etl.sources.base import Skipped
 from orders_etl.sources.shopify import ShippingMethods, normalize
 from orders_etl.store import LandedRecord, RawRecord
+from orders_etl.store.frames import canonical_text
 from orders_etl_tests.fake_shopify import fulfillment, make_order
 
 T0 = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
@@ -291,7 +293,7 @@ def test_a_bad_record_never_stops_the_batch():
         RawRecord("2", None, good[1]),
         RawRecord("odd", None, ["not", "an", "object"]),
         RawRecord("x", None, {"legacyResourceId": "77", "fulfillments": [{"trackingInfo": [42]}]}),
-        LandedRecord("3", None, good[2], raw_id=12),  # landed records normalize the same way
+        LandedRecord("3", None, good[2], raw_id=12),  # landed: the fast mapping, the same order as a row
     ]
     items = list(normalize(records))
     assert [type(i).__name__ for i in items] == [
@@ -300,8 +302,9 @@ def test_a_bad_record_never_stops_the_batch():
         "OrderRecord",
         "Reject",
         "Reject",
-        "OrderRecord",
+        "OrderRow",
     ]
+    assert items[5] == OrderRow(canonical_text(one(good[2], key="3")))
     assert "line 9 is not a JSON object" in items[1].reason
     assert "not a JSON object" in items[3].reason
     assert items[4].record_key == "x" and "77" not in items[4].record_key

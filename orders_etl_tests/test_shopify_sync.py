@@ -16,6 +16,7 @@ import pytest
 
 from orders_etl.sources.base import CredentialRejected, SourceError, batches
 from orders_etl.sources.shopify import normalize
+from orders_etl.store.frames import canonical_text, rows_to_table
 from orders_etl_tests.fake_shopify import FakeShopify, Faults, api_reader, make_orders, node_key
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
@@ -28,8 +29,8 @@ def sync_once(reader, store, log) -> None:
     records = list(reader.fetch(start, None, log))  # raises SourceError: nothing stored, cursor kept
     assert reader.last_fetch.complete
     store.land_raw("shopify", records)
-    for batch in batches(normalize(records)):
-        store.upsert("shopify", batch.orders)
+    for batch in batches(normalize(records)):  # rows (fast mapping) and records, one frame
+        store.upsert_frames("shopify", [rows_to_table([*batch.rows, *map(canonical_text, batch.orders)])])
         store.record_rejects(batch.rejects)
     store.mark_deleted("shopify", dict(reader.deleted(start, reader.last_fetch.window_end, log)))
     store.advance_high_water_mark("shopify", reader.last_fetch.window_end)

@@ -11,6 +11,12 @@ parents stream at constant memory.
 
 A line that is not a JSON object, or a child whose parent is not in the file, is handed on
 as a *problem* rather than dropped, so the normalizer can quarantine it with a reason.
+
+A result holds up to millions of orders, so the ordinary line (an order without children to
+join) is not parsed into a dict at all: it is checked and decoded for its key fields only
+(:class:`LineHead`, msgspec, C speed) and handed on as the text it is, which is landed as
+received. Everything else (children, invalid JSON or UTF-8, NaN, a key field of an odd type)
+takes the dict path, exactly as before.
 """
 
 from __future__ import annotations
@@ -25,12 +31,17 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from orders_etl.sources.base import Log, SourceError
 from orders_etl.sources.shopify.client import ShopifyGraphQLClient
 from orders_etl.sources.shopify.errors import SOURCE, BulkOperationFailed, TransientError
+from orders_etl.sources.shopify.fast import beyond_int_digits
 from orders_etl.sources.shopify.queries import BULK_RUN_MUTATION, BULK_STATUS_QUERY
 
 PARENT_KEY = "__parentId"
+_MARKER = PARENT_KEY.encode()
+_BLOCK_BYTES = 1 << 24  # the first pass reads the file in blocks of about this size
 _GID = re.compile(r"^gid://shopify/([A-Za-z]+)/")
 # Where a child line goes on its parent, by the child's type: the field names of the
 # connections an order query can nest. Unknown types get lowerCamel + "s".
@@ -52,13 +63,29 @@ _TERMINAL_FAILURES = {"FAILED", "CANCELED", "EXPIRED"}
 # Parsing
 
 
-@dataclass(frozen=True, slots=True)
+class LineHead(msgspec.Struct, gc=False):
+    """The fields of an order line its reader keys and dates it by (the rest is skipped,
+    though checked to be valid JSON). Any other JSON type here fails the decode, which
+    sends the line down the dict path."""
+
+    legacyResourceId: str | None = None
+    id: str | None = None
+    updatedAt: str | None = None
+
+
+_HEAD = msgspec.json.Decoder(LineHead)
+
+
+@dataclass(slots=True)  # not frozen: that doubles its cost, paid once per line
 class BulkLine:
-    """A parent object (``node``) or a line that could not be used (``problem``)."""
+    """A parent object (``node``), an ordinary parent line (``text`` as received, without
+    its line break, and its ``head``), or a line that could not be used (``problem``)."""
 
     line: int
     node: dict[str, Any] | None = None
     problem: dict[str, Any] | None = None
+    text: str | None = None
+    head: LineHead | None = None
 
 
 def child_field(child: dict[str, Any]) -> str:
@@ -74,8 +101,21 @@ def child_field(child: dict[str, Any]) -> str:
 def _parse(raw: bytes) -> tuple[Any, str | None]:
     try:
         return json.loads(raw, parse_float=Decimal), None
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # (nesting too deep: RecursionError)
         return None, f"{type(exc).__name__}: {exc}"
+
+
+def _ordinary(raw: bytes) -> tuple[str, LineHead] | None:
+    """The line's text and head if it is a JSON object in valid UTF-8 that ``json.loads``
+    reads as the same object (msgspec accepts less: no NaN, no lone surrogate escape,
+    no BOM; but more: integers of any length); None sends it down the dict path."""
+    try:
+        # The text first: msgspec does not check the UTF-8 of the strings it skips.
+        text = raw.rstrip(b"\r\n").decode("utf-8")
+        head = _HEAD.decode(raw)
+    except (UnicodeDecodeError, msgspec.DecodeError, RecursionError):
+        return None
+    return None if beyond_int_digits(text) else (text, head)
 
 
 def _text(raw: bytes) -> str:
@@ -106,6 +146,30 @@ class BulkFileStats:
         return self.objects - self.children
 
 
+def _mentions_marker(path: Path) -> bool:
+    """Whether the child marker ``__parentId`` occurs anywhere in the file: searched in
+    big blocks, since the order query's result has no child line and a test per line
+    would cost about a second per million lines."""
+    overlap = len(_MARKER) - 1
+    previous = b""
+    with path.open("rb") as handle:
+        while block := handle.read(_BLOCK_BYTES):
+            if _MARKER in block or _MARKER in previous[-overlap:] + block[:overlap]:
+                return True
+            previous = block
+    return False
+
+
+def _marked_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(number, line) of the lines that hold the child marker: only those may be children."""
+    if not _mentions_marker(path):
+        return
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if _MARKER in raw:
+                yield number, raw
+
+
 def iter_bulk_file(path: Path | str, stats: BulkFileStats | None = None) -> Iterator[BulkLine]:
     """Parents of a bulk-result JSONL file, children joined in, in file order; then orphans.
 
@@ -115,18 +179,16 @@ def iter_bulk_file(path: Path | str, stats: BulkFileStats | None = None) -> Iter
     stats = stats if stats is not None else BulkFileStats()
     children: dict[str, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
     child_by_id: dict[str, dict[str, Any]] = {}
-    marker = PARENT_KEY.encode()
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if marker not in raw:
-                continue  # cheap pre-filter: only lines that may be children are parsed here
-            value, _ = _parse(raw)
-            if isinstance(value, dict) and isinstance(value.get(PARENT_KEY), str):
-                parent_id = value.pop(PARENT_KEY)
-                stats.children += 1
-                children[parent_id].append((number, value))
-                if isinstance(value.get("id"), str):
-                    child_by_id[value["id"]] = value
+    marked: set[int] = set()  # only lines holding the marker may be children
+    for number, raw in _marked_lines(path):
+        marked.add(number)
+        value, _ = _parse(raw)
+        if isinstance(value, dict) and isinstance(value.get(PARENT_KEY), str):
+            parent_id = value.pop(PARENT_KEY)
+            stats.children += 1
+            children[parent_id].append((number, value))
+            if isinstance(value.get("id"), str):
+                child_by_id[value["id"]] = value
     # Grandchildren (a connection nested in a connection) join their child first.
     for child_id, child in child_by_id.items():
         if child_id in children:
@@ -134,6 +196,12 @@ def iter_bulk_file(path: Path | str, stats: BulkFileStats | None = None) -> Iter
 
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
+            if number not in marked and (ordinary := _ordinary(raw)) is not None:
+                text, head = ordinary
+                if head.id not in children:  # (no child of its own to join)
+                    stats.objects += 1
+                    yield BulkLine(number, None, None, text, head)
+                    continue
             if not raw.strip():
                 continue
             stats.objects += 1
@@ -144,7 +212,7 @@ def iter_bulk_file(path: Path | str, stats: BulkFileStats | None = None) -> Iter
                     number, problem={"_unparsed_line": _text(raw), "_line": number, "_error": reason}
                 )
                 continue
-            if marker in raw and isinstance(value.get(PARENT_KEY), str):
+            if number in marked and isinstance(value.get(PARENT_KEY), str):
                 continue  # a child line: the first pass took it (same test as there)
             own_id = value.get("id")
             if isinstance(own_id, str) and own_id in children:

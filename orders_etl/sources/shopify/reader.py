@@ -1,8 +1,9 @@
 """Readers: the Shopify API (paging or bulk) and a local bulk-result file.
 
 Both yield :class:`RawRecord` (key = ``legacyResourceId``, ``updated_at`` = ``updatedAt``,
-payload = the order node) for orders updated in the half-open window ``[start, end)``, and
-record what they read in ``last_fetch`` so the caller can move its cursor: to
+payload = the order node; an ordinary line of a bulk result comes as its ``text``, as
+received, without payload: see ``bulk``) for orders updated in the half-open window
+``[start, end)``, and record what they read in ``last_fetch`` so the caller can move its cursor: to
 ``last_fetch.window_end``, and only once ``last_fetch.complete`` is true and the records
 are committed. A reader that cannot deliver the whole window raises ``SourceError``.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -90,12 +91,35 @@ def raw_record(node: dict[str, Any], line: int | None = None) -> RawRecord:
     return RawRecord(key, updated, node)
 
 
-def _bulk_records(lines: Iterable[BulkLine]) -> Iterator[RawRecord]:
-    for line in lines:
-        if line.node is not None:
-            yield raw_record(line.node, line.line)
-        else:
-            yield RawRecord(f"line:{line.line}", None, line.problem)
+def _line_record(line: BulkLine) -> RawRecord:
+    """An ordinary bulk line as landed: keyed and dated as :func:`raw_record` would key and
+    date its node (whose key fields are strings or null here), its text landed as received.
+
+    Its ``payload`` is None: nothing but the landing reads a fetched record's payload, and
+    the landing takes the text (parsing a million lines for nothing costs a minute).
+    """
+    head = line.head
+    assert head is not None and line.text is not None
+    legacy, gid = head.legacyResourceId, head.id
+    if legacy is not None and legacy.strip():
+        key = legacy
+    elif gid is not None and gid.strip():
+        key = gid
+    else:
+        key = f"line:{line.line}"
+    try:
+        updated = parse_time(head.updatedAt)
+    except ValueError:
+        updated = None  # the normalizer rejects it with the reason
+    return RawRecord(key, updated, None, line.text)
+
+
+def _bulk_record(line: BulkLine) -> RawRecord:
+    if line.head is not None:
+        return _line_record(line)
+    if line.node is not None:
+        return raw_record(line.node, line.line)
+    return RawRecord(f"line:{line.line}", None, line.problem)
 
 
 def _in_window(record: RawRecord, start: datetime | None, end: datetime | None) -> bool:
@@ -125,7 +149,7 @@ class ShopifyBulkFileReader:
         summary = FetchSummary("file", start, end)
         self.last_fetch = summary
         log(f"shopify: reading bulk file {self.path}")
-        for record in _bulk_records(iter_bulk_file(self.path)):
+        for record in map(_bulk_record, iter_bulk_file(self.path)):
             if _in_window(record, start, end):
                 summary.saw(record)
                 yield record
@@ -354,7 +378,7 @@ class ShopifyApiReader:
             size = self.client.download(url, sink, log=log, expected_size=expected_size)
             log(f"shopify: downloaded bulk result, {size} bytes, {expected_objects} objects")
             stats = BulkFileStats()
-            yield from _bulk_records(iter_bulk_file(sink.name, stats))
+            yield from map(_bulk_record, iter_bulk_file(sink.name, stats))
         if (expected_objects is not None and stats.objects != expected_objects) or (
             expected_roots is not None and stats.roots != expected_roots
         ):

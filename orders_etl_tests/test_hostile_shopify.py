@@ -101,7 +101,7 @@ def _record_of(row: OrderRow) -> OrderRecord:
 
 
 def normalize_to_records(records: list[LandedRecord]) -> list[Normalized]:
-    return [_record_of(item) if isinstance(item, OrderRow) else item for item in normalize(records)]
+    return [_record_of(item) if type(item) is tuple else item for item in normalize(records)]
 
 
 batches = st.lists(st.one_of(order_nodes(), order_nodes(), order_nodes(), json_values()), max_size=10)

@@ -302,7 +302,7 @@ def test_a_bad_record_never_stops_the_batch():
         "OrderRecord",
         "Reject",
         "Reject",
-        "OrderRow",
+        "tuple",
     ]
     assert items[5] == OrderRow(canonical_text(one(good[2], key="3")))
     assert "line 9 is not a JSON object" in items[1].reason

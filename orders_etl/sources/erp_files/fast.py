@@ -34,7 +34,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from operator import itemgetter
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -328,7 +328,7 @@ class FastMapper:
         text = record.text
         if text is None:  # a record not landed (yet): its text as it would land
             text = dump_payload(record.payload)
-        if text is None or "\\u0000" in text:  # a NUL somewhere: not ordinary
+        if "\\u0000" in text:  # a NUL somewhere: not ordinary
             return None
         decoded = self._decoded(text)
         if decoded is None:

@@ -71,11 +71,12 @@ class _Shape:
                     order.append(directive)
                 else:
                     strict = None
-        if strict is not None and not {"Y", "m", "d"} <= set(order):
-            strict = None  # strptime's defaults (1900-01-01) are not worth a fast path
+        if strict is not None and "".join(sorted(order, key=_FIELDS.index)) not in ("YmdHMS", "YmdHM", "YmdH", "Ymd"):
+            strict = None  # strptime's defaults (1900-01-01, minutes of an hourless time): rare
         self.possible = None if possible is None else re.compile("".join(possible), re.IGNORECASE)
         self.strict = None if strict is None else re.compile("".join(strict))
-        self.positions = [order.index(field) if field in order else None for field in _FIELDS]
+        # The strict pattern's groups in datetime's argument order (those absent are 0).
+        self.groups = tuple(order.index(field) + 1 for field in _FIELDS if field in order)
 
 
 class DateParser:
@@ -90,9 +91,8 @@ class DateParser:
         stripped = text.strip()
         for shape in self._shapes:
             if shape.strict is not None and (found := shape.strict.fullmatch(stripped)) is not None:
-                numbers = found.groups()
                 try:
-                    parsed = datetime(*(0 if i is None else int(numbers[i]) for i in shape.positions))
+                    parsed = datetime(*map(int, found.group(*shape.groups)), tzinfo=self.zone)
                 except ValueError:  # e.g. 31.04.: strptime goes on to the next format
                     break
                 return self._utc(parsed)

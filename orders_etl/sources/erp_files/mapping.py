@@ -27,7 +27,7 @@ from orders_etl.sources.base import NameResolver
 from orders_etl.sources.erp_files.dates import DateParser
 from orders_etl.sources.erp_files.dialect import Dialect, fold, resolve_columns
 from orders_etl.sources.erp_files.numbers import AmountParser
-from orders_etl.sources.erp_files.fast import FastDraft, FastMapper
+from orders_etl.sources.erp_files.fast import Draft, FastMapper
 from orders_etl.sources.erp_files.reader import SOURCE
 
 # Records per call of the name resolver (one query per 500 names): a few calls per 100,000.
@@ -226,24 +226,29 @@ def _normalize(
     """:func:`normalize`; without ``fast``, every record by the record path (the reference
     the fast path is tested against)."""
     mapper = _Mapper(dialect)
-    chunk: list[FastDraft | _Draft | Reject] = []
-
-    def flush() -> Iterator[OrderRow | OrderRecord | Reject]:
-        names = {d.ref for d in chunk if not isinstance(d, Reject) and d.ref is not None}
+    for chunk in _chunks(records, chunk_size):
+        quick = fast.drafts(chunk) if fast is not None else [None] * len(chunk)
+        # The record path drafts what the fast path did not take.
+        drafts = [mapper.draft(r) if d is None else d for r, d in zip(chunk, quick, strict=True)]
+        names = {d[0] for d in drafts if type(d) is tuple} | {d.ref for d in drafts if type(d) is _Draft}
+        names.discard(None)
         resolved = resolve_names(names) if names and dialect.shopify_ref_kind == "name" else {}
-        for item in chunk:
-            if isinstance(item, FastDraft):
-                row = fast.finish(item, resolved)  # type: ignore[union-attr]
+        for record, draft in zip(chunk, drafts, strict=True):
+            if type(draft) is tuple:
+                row = fast.finish(draft, resolved)  # type: ignore[union-attr]
                 if row is not None:
                     yield row
                     continue
-                item = mapper.draft(item.record)  # a key the model refuses: the record path says so
-            yield item if isinstance(item, Reject) else mapper.finish(item, resolved)
-        chunk.clear()
+                draft = mapper.draft(record)  # a key the model refuses: the record path says so
+            yield draft if isinstance(draft, Reject) else mapper.finish(draft, resolved)  # type: ignore[arg-type]
 
+
+def _chunks(records: Iterable[RawLike], size: int) -> Iterator[list[RawLike]]:
+    chunk: list[RawLike] = []
     for record in records:
-        draft = None if fast is None else fast.draft(record)
-        chunk.append(mapper.draft(record) if draft is None else draft)
-        if len(chunk) >= chunk_size:
-            yield from flush()
-    yield from flush()
+        chunk.append(record)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

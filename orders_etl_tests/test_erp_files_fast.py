@@ -19,6 +19,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
+import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
@@ -285,6 +286,7 @@ def test_records_read_by_rows_are_the_records_read_one_by_one(lines: list[str], 
 DATE_FORMATS = [
     *("%d.%m.%Y %H:%M", "%d.%m.%Y", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d", "%Y%m%d", "%d.%m.%Y %H:%M:%S"),
     *("%m/%d/%Y", "%d/%m/%Y %I:%M %p", "%d %b %Y", "%y-%m-%d", "%H:%M %d.%m.%Y", "%Y-%m-%d %H", "%d.%m.%Y%%"),
+    *("%Y%m%d%H%M", "%Y%m%d%H"),
 ]
 
 
@@ -328,6 +330,29 @@ def test_dates_read_by_the_fast_path_exactly_as_by_strptime(formats: list[str], 
     event("strptime" if strptime_calls else "fast")
     assert outcomes[0] == outcomes[1]
     assert type(outcomes[0]) is type(outcomes[1])  # (an aware datetime is never a str)
+
+
+@pytest.mark.parametrize(
+    ("formats", "text"),
+    [
+        # strptime reads this with the first format (hour 1, minute 0): the strict form of
+        # the second (hour 10) must not be taken, however plain it looks.
+        (["%Y%m%d%H%M", "%Y%m%d%H"], "2024031210"),
+        (["%m/%d/%Y", "%d/%m/%Y"], "13/03/2024"),  # not a month: the second format reads it
+        (["%d.%m.%Y %H:%M", "%d.%m.%Y"], "31.04.2024"),  # no such day in either
+        (["%d.%m.%Y"], "29.02.2024"),
+    ],
+)
+def test_dates_a_later_format_reads_only_when_no_earlier_one_can(formats: list[str], text: str) -> None:
+    parser = DateParser(formats, TEST.zone)
+    try:
+        expected: Any = parser._parse_strptime(text)
+    except ValueError as exc:
+        expected = str(exc)
+    try:
+        assert parser._parse(text) == expected
+    except ValueError as exc:
+        assert str(exc) == expected
 
 
 reader_payloads = st.recursive(

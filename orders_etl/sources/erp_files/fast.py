@@ -33,7 +33,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
 from operator import attrgetter
 from typing import Any
 
@@ -116,8 +116,9 @@ _MAX_LAYOUTS = 16
 _UNKNOWN = object()
 
 
-# A row mapped but for its external_id: (its Shopify reference, the OrderRow after external_id).
-Draft = tuple[str | None, tuple[str | None, ...]]
+# A row mapped but for its external_id: (its Shopify reference, the OrderRow's values with
+# external_id still None).
+Draft = tuple[str | None, list[str | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,35 +180,35 @@ def _money_parser(dialect: Dialect) -> Callable[[str, int], str | None]:
     digits, grouping by three) as canonical text at a currency's exponent; None otherwise,
     and for what the model refuses (≥ 10**15, digits past the exponent that are not zeros)."""
     decimal, thousands = re.escape(dialect.decimal), dialect.thousands
+    spaces = " \u00a0\u202f"  # the record path takes any of them once the grouping is a space
     if thousands:
-        # The record path accepts any of the three spaces once the grouping is a space.
-        spaces = " \u00a0\u202f"
         group = f"[{re.escape(spaces)}]" if thousands in spaces else re.escape(thousands)
         whole = rf"(0|[1-9][0-9]{{0,2}}(?:{group}[0-9]{{3}})+|[1-9][0-9]*)"
-        ungroup = {ord(c): None for c in (spaces + thousands)}
     else:
-        whole, ungroup = r"(0|[1-9][0-9]*)", {}
+        whole = r"(0|[1-9][0-9]*)"
     match = re.compile(rf"{whole}(?:{decimal}([0-9]+))?").fullmatch
-    zeros = "0" * 4
+    separators = tuple(spaces) if thousands in spaces else (thousands,)
 
     def money(text: str, exponent: int) -> str | None:
         found = match(text)
         if found is None:
             return None
         digits, fraction = found.groups()
-        if ungroup and not digits.isdigit():
-            digits = digits.translate(ungroup)
+        if thousands:
+            for separator in separators:
+                digits = digits.replace(separator, "")
         if len(digits) > 15:  # no leading zeros: 16 digits or more is ≥ 10**15
             return None
         if fraction is None:
             fraction = ""
-        if len(fraction) > exponent:
-            if fraction[exponent:].strip("0"):
-                return None  # would need rounding: the record path says so
-            fraction = fraction[:exponent]
-        elif len(fraction) < exponent:
-            fraction += zeros[: exponent - len(fraction)]
-        return f"{digits}.{fraction}" if exponent else digits
+        if len(fraction) != exponent:
+            if len(fraction) > exponent:
+                if fraction[exponent:].strip("0"):
+                    return None  # would need rounding: the record path says so
+                fraction = fraction[:exponent]
+            else:
+                fraction += "0000"[: exponent - len(fraction)]
+        return digits + "." + fraction if exponent else digits
 
     return money
 
@@ -231,7 +232,8 @@ class FastMapper:
         self._layouts: list[_Layout] = []  # most recently used first
         # Distinct cell texts -> canonical values (only values the record path accepts).
         self._created: dict[str, str] = {}
-        self._updated: dict[datetime, str] = {}
+        self._days: dict[date, str] = {}  # UTC days and times of day, as canonical text
+        self._times: dict[time, str] = {}
         self._status: dict[str, str] = {}
         self._payment: dict[str, tuple[str | None, str | None]] = {}
         self._shipping: dict[str, str] = {}
@@ -282,11 +284,16 @@ class FastMapper:
             return None
 
     def _updated_text(self, moment: datetime | None) -> str | None:
+        """``utc_text(moment)``: its UTC day and time of day, each text cached (formatting a
+        datetime costs a microsecond; a million updates fall on a few thousand minutes)."""
         if moment is None or moment.tzinfo is None or moment.utcoffset() is None:
             return None  # naive: the record path refuses it
-        # (In UTC already, as the store hands it back: its text without converting it.)
-        text = moment.isoformat(" ", "microseconds")[:-6] if moment.tzinfo is UTC else utc_text(moment)
-        return self._remember(self._updated, moment, text)
+        if moment.tzinfo is not UTC:
+            moment = moment.astimezone(UTC)
+        day, clock = moment.date(), moment.time()
+        day_text = self._days.get(day) or self._remember(self._days, day, day.isoformat() + " ")
+        clock_text = self._times.get(clock) or self._remember(self._times, clock, clock.isoformat("microseconds"))
+        return day_text + clock_text
 
     def _status_value(self, cell: str) -> str | None:
         status = self.dialect.status_lookup.get(fold(cell))
@@ -309,8 +316,8 @@ class FastMapper:
     # -- a chunk of records --------------------------------------------------------------
 
     def drafts(self, records: Sequence[Any]) -> list[Draft | None]:
-        """Each record mapped but for its ``external_id``: ``(Shopify reference, the OrderRow
-        after external_id)``; None where the record path must map it."""
+        """Each record mapped but for its ``external_id`` (:data:`Draft`); None where the
+        record path must map it."""
         out: list[Draft | None] = []
         append = out.append
         money, zero = self.money, self.zero
@@ -319,7 +326,7 @@ class FastMapper:
             self.default_currency,
             self.default_exponent,
         )
-        created_get, updated_get = self._created.get, self._updated.get
+        created_get, updated_text = self._created.get, self._updated_text
         status_get, payment_get, shipping_get = self._status.get, self._payment.get, self._shipping.get
         for record in records:
             text = record.text
@@ -402,12 +409,12 @@ class FastMapper:
                 if shipping is None:
                     append(None)
                     continue
-            updated = record.updated_at
-            updated = updated_get(updated) or self._updated_text(updated)
+            updated = updated_text(record.updated_at)
             if updated is None:
                 append(None)
                 continue
-            rest = (
+            row = [
+                None,  # external_id: set by finish() once the chunk's names are resolved
                 number,
                 created,
                 currency,
@@ -422,22 +429,28 @@ class FastMapper:
                 payment[1],
                 updated,
                 None,
-            )
-            append((ref.strip() or None, rest))
+            ]
+            append((ref.strip() or None, row))
         return out
 
-    def finish(self, draft: Draft, resolved: dict[str, str]) -> OrderRow | None:
+    def keys(self, resolved: dict[str, str]) -> dict[str, str | None]:
+        """Resolved Shopify names -> the order's key (None: an id the model refuses as key)."""
+        return {name: key if _is_key(key) else None for name, key in resolved.items()}
+
+    def finish(self, draft: Draft, keys: dict[str, str | None]) -> OrderRow | None:
         """The row keyed on its Shopify order, else its ERP number; None: the record path
         (a key the model refuses)."""
-        ref, rest = draft
+        ref, row = draft
         if ref is None:
-            return OrderRow((rest[0], *rest))
-        if self.by_id:
+            row[0] = row[1]
+        elif self.by_id:
             if len(ref) > MAX_KEY_LENGTH:
                 return None
             gid = _GID.fullmatch(ref)
-            return OrderRow((gid.group(1) if gid else ref, *rest))
-        key = resolved.get(ref, _UNKNOWN)
-        if key is _UNKNOWN:  # a name no Shopify order has: keyed on the ERP number
-            return OrderRow((rest[0], *rest))
-        return OrderRow((key, *rest)) if _is_key(key) else None  # type: ignore[arg-type]
+            row[0] = gid.group(1) if gid else ref
+        else:
+            # A name no Shopify order has: keyed on the ERP number.
+            if (key := keys.get(ref, row[1])) is None:
+                return None
+            row[0] = key
+        return OrderRow(row)

@@ -233,9 +233,10 @@ def _normalize(
         names = {d[0] for d in drafts if type(d) is tuple} | {d.ref for d in drafts if type(d) is _Draft}
         names.discard(None)
         resolved = resolve_names(names) if names and dialect.shopify_ref_kind == "name" else {}
+        keys = fast.keys(resolved) if fast is not None else {}
         for record, draft in zip(chunk, drafts, strict=True):
             if type(draft) is tuple:
-                row = fast.finish(draft, resolved)  # type: ignore[union-attr]
+                row = fast.finish(draft, keys)  # type: ignore[union-attr]
                 if row is not None:
                     yield row
                     continue

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from orders_etl.canonical import ROW_FIELDS, OrderRow
+from orders_etl.canonical import OrderRow
 from orders_etl.model import OrderRecord, Reject
 from orders_etl.sources.base import no_log
 from orders_etl.sources.erp_files import Dialect, ErpFileReader, load_dialect
@@ -40,17 +40,6 @@ from orders_etl_tests.test_hostile_erp_files import rows as hostile_rows
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 TEST = DIALECTS["test"]
-
-
-def record_of(item: OrderRow | OrderRecord | Reject) -> OrderRecord | Reject:
-    """An ``OrderRow`` read back as the ``OrderRecord`` it stands for (others as they are)."""
-    if not isinstance(item, OrderRow):
-        return item
-    data: dict[str, Any] = dict(zip(ROW_FIELDS, item, strict=True))
-    for name in ("created_at", "updated_at", "deleted_at"):
-        if data[name] is not None:
-            data[name] = datetime.fromisoformat(data[name]).replace(tzinfo=UTC)
-    return OrderRecord.model_validate(data)
 
 
 # ---------------------------------------------------------------------------------------
@@ -159,9 +148,11 @@ def borderline_rows(draw: st.DrawFn, encoding: str) -> list[str]:
     """A row of ordinary cells, a few of them at an edge of the fast path."""
     texts = hostile_texts(surrogates=False, alphabet=st.characters(codec=encoding))
     modified = st.integers(0, 400).map(
-        lambda hours: (datetime(2024, 3, 30, tzinfo=UTC) + timedelta(hours=hours))
-        .astimezone(TEST.zone)
-        .strftime("%d.%m.%Y %H:%M")
+        lambda hours: (
+            (datetime(2024, 3, 30, tzinfo=UTC) + timedelta(hours=hours))
+            .astimezone(TEST.zone)
+            .strftime("%d.%m.%Y %H:%M")
+        )
     )
     usual = {
         "Document No.": edge(["SO-1", "SO-2", " SO-3 "]),
@@ -264,9 +255,9 @@ def test_any_file_reads_by_the_fast_path_exactly_as_by_the_slow_path(export: st.
 @given(
     lines=st.lists(
         st.one_of(
-            st.lists(st.sampled_from(["a", "", " ", '"', '""', "x;y", "\x00", "\udc81", "é"]), max_size=5).map(
-                ";".join
-            ),
+            st.lists(
+                st.sampled_from(["a", "", " ", '"', '""', "x;y", "\x00", "\udc81", "é"]), max_size=5
+            ).map(";".join),
             hostile_texts(),
         ).map(lambda text: text + "\r\n"),
         max_size=8,
@@ -274,7 +265,9 @@ def test_any_file_reads_by_the_fast_path_exactly_as_by_the_slow_path(export: st.
     width=st.integers(1, 4),
     quote=st.sampled_from(['"', ""]),
 )
-def test_records_read_by_rows_are_the_records_read_one_by_one(lines: list[str], width: int, quote: str) -> None:
+def test_records_read_by_rows_are_the_records_read_one_by_one(
+    lines: list[str], width: int, quote: str
+) -> None:
     text = "".join(lines)
     fast = RecordReader(io.StringIO(text, newline=""), ";", quote)
     slow = RecordReader(io.StringIO(text, newline=""), ";", quote)
@@ -357,7 +350,9 @@ def test_dates_a_later_format_reads_only_when_no_earlier_one_can(formats: list[s
 
 reader_payloads = st.recursive(
     hostile_texts(surrogates=False) | st.integers(-(2**63), 2**63 - 1),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(hostile_texts(surrogates=False), children),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(hostile_texts(surrogates=False), children)
+    ),
     max_leaves=20,
 )
 

@@ -15,7 +15,7 @@ from orders_etl.model import OrderRecord, OrderStatus, PaymentStatus, Reject
 from orders_etl.sources.erp_files import Dialect, load_dialect, normalize
 from orders_etl.store import RawRecord
 from orders_etl.store.landing import LandedRecord, dump_payload, load_payload
-from orders_etl_tests.test_erp_files_fast import record_of
+from orders_etl_tests.test_hostile_erp_files import record_of
 
 EXAMPLE_DIALECT = Path(__file__).with_name("erp_files_dialect.toml")
 UPDATED = datetime(2024, 3, 12, 9, 15, tzinfo=UTC)

@@ -71,7 +71,12 @@ class _Shape:
                     order.append(directive)
                 else:
                     strict = None
-        if strict is not None and "".join(sorted(order, key=_FIELDS.index)) not in ("YmdHMS", "YmdHM", "YmdH", "Ymd"):
+        if strict is not None and "".join(sorted(order, key=_FIELDS.index)) not in (
+            "YmdHMS",
+            "YmdHM",
+            "YmdH",
+            "Ymd",
+        ):
             strict = None  # strptime's defaults (1900-01-01, minutes of an hourless time): rare
         self.possible = None if possible is None else re.compile("".join(possible), re.IGNORECASE)
         self.strict = None if strict is None else re.compile("".join(strict))

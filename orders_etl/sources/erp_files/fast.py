@@ -292,7 +292,9 @@ class FastMapper:
             moment = moment.astimezone(UTC)
         day, clock = moment.date(), moment.time()
         day_text = self._days.get(day) or self._remember(self._days, day, day.isoformat() + " ")
-        clock_text = self._times.get(clock) or self._remember(self._times, clock, clock.isoformat("microseconds"))
+        clock_text = self._times.get(clock) or self._remember(
+            self._times, clock, clock.isoformat("microseconds")
+        )
         return day_text + clock_text
 
     def _status_value(self, cell: str) -> str | None:

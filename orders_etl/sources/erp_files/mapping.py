@@ -26,8 +26,8 @@ from orders_etl.model import InvalidOrder, OrderRecord, Reject, parse_order, sna
 from orders_etl.sources.base import NameResolver
 from orders_etl.sources.erp_files.dates import DateParser
 from orders_etl.sources.erp_files.dialect import Dialect, fold, resolve_columns
+from orders_etl.sources.erp_files.fast import FastMapper
 from orders_etl.sources.erp_files.numbers import AmountParser
-from orders_etl.sources.erp_files.fast import Draft, FastMapper
 from orders_etl.sources.erp_files.reader import SOURCE
 
 # Records per call of the name resolver (one query per 500 names): a few calls per 100,000.

@@ -28,7 +28,13 @@ from typing import Any
 from orders_etl.model import Source
 from orders_etl.sources.base import Log, SourceError, no_log
 from orders_etl.sources.erp_files.dates import DateParser
-from orders_etl.sources.erp_files.dialect import REQUIRED_COLUMNS, Dialect, fold, load_dialect, resolve_columns
+from orders_etl.sources.erp_files.dialect import (
+    REQUIRED_COLUMNS,
+    Dialect,
+    fold,
+    load_dialect,
+    resolve_columns,
+)
 from orders_etl.sources.erp_files.fast import payload_text
 from orders_etl.sources.erp_files.records import Record, RecordReader, plain_record
 from orders_etl.store import RawRecord
@@ -209,7 +215,7 @@ class _FileRead:
                     self.rows += 1
                     if self.rows % PROGRESS_EVERY == 0:
                         self.log(f"erp_files: {self.name}: {self.rows} rows read, {self.errors} unreadable")
-                    payload = {"file": name, "line": line, "row": dict(zip(headers, cells))}
+                    payload = {"file": name, "line": line, "row": dict(zip(headers, cells, strict=True))}
                     yield RawRecord(key, updated, payload, payload_text(payload))
                     continue
                 item = plain_record(line, cells, separator)

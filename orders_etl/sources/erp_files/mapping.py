@@ -230,12 +230,12 @@ def _normalize(
         quick = fast.drafts(chunk) if fast is not None else [None] * len(chunk)
         # The record path drafts what the fast path did not take.
         drafts = [mapper.draft(r) if d is None else d for r, d in zip(chunk, quick, strict=True)]
-        names = {d[0] for d in drafts if type(d) is tuple} | {d.ref for d in drafts if type(d) is _Draft}
+        names = {d[0] for d in drafts if type(d) is list} | {d.ref for d in drafts if type(d) is _Draft}
         names.discard(None)
         resolved = resolve_names(names) if names and dialect.shopify_ref_kind == "name" else {}
         keys = fast.keys(resolved) if fast is not None else {}
         for record, draft in zip(chunk, drafts, strict=True):
-            if type(draft) is tuple:
+            if type(draft) is list:
                 row = fast.finish(draft, keys)  # type: ignore[union-attr]
                 if row is not None:
                     yield row

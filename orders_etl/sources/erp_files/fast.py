@@ -1,4 +1,4 @@
-"""The fast path of the ERP export source: ordinary rows read and mapped at a million a minute.
+"""The fast path of the ERP export source: ordinary rows read, landed and mapped cheaply.
 
 Why it exists: a million-row export must be read, landed and normalized in seconds, and the
 record path costs tens of microseconds a row (the csv module fed line by line, a payload
@@ -13,6 +13,8 @@ differently; it only recognises what is *certainly* ordinary and defers the rest
   NUL or undecodable byte, of the header's width, is split at the separator (which is all the
   csv parser would do with it); one with an order number and a readable ``updated_at`` is
   its raw record at once. Any other line goes through ``read``, as before.
+* Dates (``dates.py``): a value in the full-width form of a numeric format is read by a
+  pattern instead of ``strptime``, when no earlier format could read it.
 * Landing: :func:`payload_text` is ``dump_payload``'s text (sorted keys, no spaces, non-ASCII
   as is) written by msgspec in C; for the reader's payloads (text and integers in dicts and
   lists) the two are equal character for character, so landed hashes do not change.
@@ -109,7 +111,8 @@ _ROW_ORDER = (
     "updated_at",
     "deleted_at",
 )
-assert ROW_FIELDS == _ROW_ORDER, "OrderRow's fields changed: update FastMapper"
+if ROW_FIELDS != _ROW_ORDER:
+    raise ImportError(f"OrderRow's fields are now {ROW_FIELDS}: update FastMapper.drafts")
 _GID = re.compile(r"gid://shopify/Order/(\d+)")
 _CACHE_SIZE = 65_536  # per cache of distinct cell texts: bounded whatever the export holds
 _MAX_LAYOUTS = 16
@@ -230,7 +233,6 @@ class FastMapper:
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
         self.money = _money_parser(dialect)
-        self.zero = {e: self.money("0", e) for e in set(CURRENCY_EXPONENTS.values())}  # an empty refund
         self.dates = DateParser(dialect.date_formats, dialect.zone)
         self.by_id = dialect.shopify_ref_kind == "id"
         self.default_currency = dialect.default_currency
@@ -295,7 +297,10 @@ class FastMapper:
         if moment is None or moment.tzinfo is None or moment.utcoffset() is None:
             return None  # naive: the record path refuses it
         if moment.tzinfo is not UTC:
-            moment = moment.astimezone(UTC)
+            try:
+                moment = moment.astimezone(UTC)
+            except OverflowError:  # (year 1 east of Greenwich): whatever the record path says
+                return None
         day, clock = moment.date(), moment.time()
         day_text = self._days.get(day) or self._remember(self._days, day, day.isoformat() + " ")
         clock_text = self._times.get(clock) or self._remember(
@@ -328,7 +333,7 @@ class FastMapper:
         record path must map it."""
         out: list[Draft | None] = []
         append = out.append
-        money, zero = self.money, self.zero
+        money = self.money
         exponents, default_currency, default_exponent = (
             CURRENCY_EXPONENTS,
             self.default_currency,
@@ -402,8 +407,7 @@ class FastMapper:
             tax = money(tax, exponent) if tax else ""
             if layout.has_refunded:
                 # An empty cell of the credit-memo column: nothing refunded (zero, not unknown).
-                refunded = refunded.strip()
-                refunded = money(refunded, exponent) if refunded else zero[exponent]
+                refunded = money(refunded.strip() or "0", exponent)
             else:
                 refunded = ""
             status = status_get(status) or self._status_value(status)

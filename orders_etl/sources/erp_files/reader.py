@@ -290,4 +290,4 @@ class _FileRead:
             return
         seen[first.record_key] = line
         payload: dict[str, Any] = {"file": self.name, "line": line, "rows": [r.payload["row"] for r in group]}
-        yield RawRecord(first.record_key, max(r.updated_at for r in group), payload)
+        yield RawRecord(first.record_key, max(r.updated_at for r in group), payload, payload_text(payload))

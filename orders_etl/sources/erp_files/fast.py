@@ -405,11 +405,8 @@ class FastMapper:
             total = money(total.strip(), exponent)
             tax = tax.strip()
             tax = money(tax, exponent) if tax else ""
-            if layout.has_refunded:
-                # An empty cell of the credit-memo column: nothing refunded (zero, not unknown).
-                refunded = money(refunded.strip() or "0", exponent)
-            else:
-                refunded = ""
+            # No credit-memo column: refunds unknown (""). An empty cell of it: nothing refunded.
+            refunded = money(refunded.strip() or "0", exponent) if layout.has_refunded else ""
             status = status_get(status) or self._status_value(status)
             payment = payment_get(payment) or self._payment_values(payment)
             if total is None or tax is None or refunded is None or status is None or payment is None:

@@ -15,6 +15,7 @@ from orders_etl.sources.erp_files import normalize as normalize_erp
 from orders_etl.sources.shopify import ShopifyBulkFileReader
 from orders_etl.sources.shopify import normalize as normalize_shopify
 from orders_etl.store import OrderStore
+from orders_etl.store.frames import canonical_text, rows_to_table
 from orders_etl.store.reconciliation import run_reconciliation
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
@@ -24,7 +25,8 @@ def _load(store: OrderStore, source: str, records, normalize) -> None:
     store.land_raw(source, records)
     landed = [record for chunk in store.iter_raw(source) for record in chunk]
     for batch in batches(normalize(landed)):
-        store.upsert(source, batch.orders)
+        # As a sync upserts (defs/sync.py): fast mappings' rows and records' canonical text.
+        store.upsert_frames(source, [rows_to_table([*batch.rows, *map(canonical_text, batch.orders)])])
         store.record_rejects(batch.rejects)
 
 

@@ -35,6 +35,7 @@ from orders_etl.sources.erp_files import normalize as normalize_erp
 from orders_etl.sources.shopify import ShopifyBulkFileReader
 from orders_etl.sources.shopify import normalize as normalize_shopify
 from orders_etl.store import OrderStore
+from orders_etl.store.frames import canonical_text, rows_to_table
 
 pytestmark = pytest.mark.slow
 
@@ -232,13 +233,14 @@ def plain_sync(url: str, start: datetime, end: datetime) -> OrderStore:
     landed = (record for chunk in store.iter_raw("shopify", start, end) for record in chunk)
     for batch in batches(normalize_shopify(landed)):
         store.record_rejects(batch.rejects)
-        store.upsert("shopify", batch.orders)
+        store.upsert_frames("shopify", [rows_to_table([*batch.rows, *map(canonical_text, batch.orders)])])
     dialect = load_dialect(SAMPLES / "erp_orders.dialect.toml")
     store.land_raw("erp_files", ErpFileReader(SAMPLES / "erp_orders.csv", dialect).fetch(start, end))
     landed = (record for chunk in store.iter_raw("erp_files", start, end) for record in chunk)
     for batch in batches(normalize_erp(landed, dialect=dialect, resolve_names=store.shopify_ids_by_name)):
         store.record_rejects(batch.rejects)
-        store.upsert("erp_files", batch.orders)
+        # As a sync upserts (defs/sync.py): fast mappings' rows and records' canonical text.
+        store.upsert_frames("erp_files", [rows_to_table([*batch.rows, *map(canonical_text, batch.orders)])])
     return store
 
 

@@ -120,9 +120,9 @@ _UNKNOWN = object()
 
 
 # A row mapped but for its external_id: the OrderRow's values, the row's Shopify reference
-# (or None) standing in for external_id until finish(). (One list: a million drafts are a
-# million objects fewer for the garbage collector to scan than as (reference, values) pairs.)
-Draft = list[str | None]
+# (or None) standing in for external_id until finish(). (One tuple of text: the garbage
+# collector stops tracking it at its first pass; pairs or lists it would scan again and again.)
+Draft = tuple[str | None, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,7 +422,7 @@ class FastMapper:
             if updated is None:
                 append(None)
                 continue
-            draft = [
+            draft = (
                 ref.strip() or None,  # external_id's place: the reference, until finish()
                 number,
                 created,
@@ -438,7 +438,7 @@ class FastMapper:
                 payment[1],
                 updated,
                 None,
-            ]
+            )
             append(draft)
         return out
 
@@ -451,15 +451,13 @@ class FastMapper:
         (a key the model refuses)."""
         ref = draft[0]
         if ref is None:
-            draft[0] = draft[1]  # (an ERP-only order: keyed on its number)
+            key = draft[1]  # (an ERP-only order: keyed on its number)
         elif self.by_id:
             if len(ref) > MAX_KEY_LENGTH:
                 return None
             gid = _GID.fullmatch(ref)
-            draft[0] = gid.group(1) if gid else ref
-        else:
-            # A name no Shopify order has: keyed on the ERP number.
-            if (key := keys.get(ref, draft[1])) is None:
-                return None
-            draft[0] = key
-        return OrderRow(draft)
+            key = gid.group(1) if gid else ref
+        # A name no Shopify order has: keyed on the ERP number.
+        elif (key := keys.get(ref, draft[1])) is None:
+            return None
+        return OrderRow((key, *draft[1:]))

@@ -30,8 +30,10 @@ from orders_etl.sources.erp_files.fast import FastMapper
 from orders_etl.sources.erp_files.numbers import AmountParser
 from orders_etl.sources.erp_files.reader import SOURCE
 
-# Records per call of the name resolver (one query per 500 names): a few calls per 100,000.
-CHUNK_SIZE = 20_000
+# Records per call of the name resolver. The store queries 500 names at a time whatever the
+# call, so small chunks cost no more queries; and they keep a chunk's drafts young, which
+# the garbage collector scans cheaply (20,000 cost 15 % more than 2,000).
+CHUNK_SIZE = 2_000
 _GID = re.compile(r"gid://shopify/Order/(\d+)")
 _FIELD = re.compile(r"^field '(\w+)'")
 
@@ -230,12 +232,12 @@ def _normalize(
         quick = fast.drafts(chunk) if fast is not None else [None] * len(chunk)
         # The record path drafts what the fast path did not take.
         drafts = [mapper.draft(r) if d is None else d for r, d in zip(chunk, quick, strict=True)]
-        names = {d[0] for d in drafts if type(d) is list} | {d.ref for d in drafts if type(d) is _Draft}
+        names = {d[0] for d in drafts if type(d) is tuple} | {d.ref for d in drafts if type(d) is _Draft}
         names.discard(None)
         resolved = resolve_names(names) if names and dialect.shopify_ref_kind == "name" else {}
         keys = fast.keys(resolved) if fast is not None else {}
         for record, draft in zip(chunk, drafts, strict=True):
-            if type(draft) is list:
+            if type(draft) is tuple:
                 row = fast.finish(draft, keys)  # type: ignore[union-attr]
                 if row is not None:
                     yield row

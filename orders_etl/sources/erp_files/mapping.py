@@ -9,6 +9,10 @@ Keying: the row's Shopify reference decides the order's ``external_id``. With
 to its number); with ``"name"`` (e.g. ``#1001``) the names are resolved to Shopify ids in
 one call per chunk of rows, and a name that resolves to nothing keys the order on its ERP
 number, as does a row without a reference (an ERP-only order).
+
+This module is the record path: every rule, every reject reason. Ordinary rows are mapped
+by the fast path (``fast.py``) to the same result, as canonical text; this path maps what
+the fast path leaves to it, and is the reference the fast path is tested against.
 """
 
 from __future__ import annotations

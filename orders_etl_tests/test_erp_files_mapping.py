@@ -15,6 +15,7 @@ from orders_etl.model import OrderRecord, OrderStatus, PaymentStatus, Reject
 from orders_etl.sources.erp_files import Dialect, load_dialect, normalize
 from orders_etl.store import RawRecord
 from orders_etl.store.landing import LandedRecord, dump_payload, load_payload
+from orders_etl_tests.test_hostile_erp_files import record_of
 
 EXAMPLE_DIALECT = Path(__file__).with_name("erp_files_dialect.toml")
 UPDATED = datetime(2024, 3, 12, 9, 15, tzinfo=UTC)
@@ -61,7 +62,9 @@ class Resolver:
 def run(
     records: list[Any], dialect: Dialect | None = None, resolver: Resolver | None = None, **kw: Any
 ) -> list[Any]:
-    return list(normalize(records, dialect=dialect or variant(), resolve_names=resolver or Resolver(), **kw))
+    """The records normalized; orders as OrderRecord, whichever path mapped them."""
+    normalized = normalize(records, dialect=dialect or variant(), resolve_names=resolver or Resolver(), **kw)
+    return [record_of(item) for item in normalized]
 
 
 def one(record: Any, dialect: Dialect | None = None, resolver: Resolver | None = None) -> Any:

@@ -12,6 +12,7 @@ from orders_etl.model import OrderRecord, OrderStatus
 from orders_etl.sources.base import batches
 from orders_etl.sources.erp_files import ErpFileReader, load_dialect, normalize
 from orders_etl.store import OrderStore, UpsertCounts
+from orders_etl.store.frames import canonical_text, rows_to_table
 
 EXAMPLE_DIALECT = Path(__file__).with_name("erp_files_dialect.toml")
 EXPORT = (
@@ -32,7 +33,9 @@ def sync(store: OrderStore, reader: ErpFileReader) -> tuple[UpsertCounts, int]:
     counts, rejected = UpsertCounts(), 0
     normalized = normalize(landed, dialect=reader.dialect, resolve_names=store.shopify_ids_by_name)
     for batch in batches(normalized):
-        counts += store.upsert("erp_files", batch.orders)
+        # As a sync upserts (defs/sync.py): the fast path's rows and records' canonical text.
+        rows = [*batch.rows, *map(canonical_text, batch.orders)]
+        counts += store.upsert_frames("erp_files", [rows_to_table(rows)])
         rejected += store.record_rejects(batch.rejects)
     return counts, rejected
 

@@ -13,24 +13,29 @@ import csv
 import functools
 import io
 from collections import Counter
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from tempfile import TemporaryDirectory
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from orders_etl.canonical import ROW_FIELDS, OrderRow
 from orders_etl.model import OrderRecord, Reject
 from orders_etl.sources.erp_files import Dialect, ErpFileReader, load_dialect, normalize
 from orders_etl.sources.erp_files.records import MAX_RECORD_LINES
 from orders_etl.store import OrderStore, RawRecord
+from orders_etl.store.frames import canonical_text, rows_to_table
 from orders_etl_tests.hostile import (
     NUMERIC_STRINGS,
+    Outcome,
     check_batch,
     empty_store,
     fuzz_settings,
     hostile_texts,
     moments,
-    run_through_store,
 )
 
 SOURCE = "erp_files"
@@ -146,6 +151,38 @@ def exports(draw: st.DrawFn) -> tuple[str, list[list[str]], dict[int, bytes]]:
     bad = [b"\x00", b"\x81" if encoding == "cp1252" else b"\xff"]
     broken = draw(st.dictionaries(st.integers(0, max(len(cells) - 1, 0)), st.sampled_from(bad), max_size=2))
     return name, cells, {i: b for i, b in broken.items() if i < len(cells)}
+
+
+def record_of(item: OrderRow | OrderRecord | Reject) -> OrderRecord | Reject:
+    """An ``OrderRow`` read back as the ``OrderRecord`` it stands for (others as they are)."""
+    if type(item) is not tuple:  # an OrderRow is a plain tuple
+        return item
+    data: dict[str, Any] = dict(zip(ROW_FIELDS, item, strict=True))
+    for name in ("created_at", "updated_at", "deleted_at"):
+        if data[name] is not None:
+            data[name] = datetime.fromisoformat(data[name]).replace(tzinfo=UTC)
+    return OrderRecord.model_validate(data)
+
+
+def run_through_store(
+    store: OrderStore, source: str, sent: list[RawRecord], normalize: Callable[[Any], Iterable[Any]]
+) -> Outcome:
+    """One batch as a sync runs it (``defs/sync.py``): land, read the landing back, normalize,
+    upsert every order as a frame of canonical rows (the fast path's OrderRows as they are,
+    the record path's records as their canonical text), quarantine the rejects. The items
+    are handed back as records (``record_of``), for ``check_batch`` to compare with the store.
+    """
+    store.land_raw(source, sent)
+    landed = [record for chunk in store.iter_raw(source) for record in chunk]
+    items = list(normalize(landed))
+    rows = [
+        i if type(i) is tuple else canonical_text(i)
+        for i in items
+        if type(i) is tuple or isinstance(i, OrderRecord)
+    ]
+    store.upsert_frames(source, [rows_to_table(rows)])
+    store.record_rejects([i for i in items if isinstance(i, Reject)])
+    return Outcome(list(sent), landed, [record_of(i) for i in items])
 
 
 def check_texts_as_sent(outcome) -> None:

@@ -240,7 +240,8 @@ def plain_sync(url: str, start: datetime, end: datetime) -> OrderStore:
     landed = (record for chunk in store.iter_raw("erp_files", start, end) for record in chunk)
     for batch in batches(normalize_erp(landed, dialect=dialect, resolve_names=store.shopify_ids_by_name)):
         store.record_rejects(batch.rejects)
-        store.upsert("erp_files", batch.orders)
+        # As a sync upserts (defs/sync.py): fast mappings' rows and records' canonical text.
+        store.upsert_frames("erp_files", [rows_to_table([*batch.rows, *map(canonical_text, batch.orders)])])
     return store
 
 

@@ -58,6 +58,20 @@ def fold(text: str) -> str:
     return "".join(text.split()).casefold()
 
 
+def resolve_columns(headers: list[str], dialect: Dialect) -> dict[str, str]:
+    """Canonical field -> the header holding it: the first alias present wins (case/space-blind)."""
+    by_folded: dict[str, str] = {}
+    for name in headers:
+        by_folded.setdefault(fold(name), name)
+    resolved: dict[str, str] = {}
+    for field, aliases in dialect.columns.items():
+        for alias in aliases:
+            if (header := by_folded.get(fold(alias))) is not None:
+                resolved[field] = header
+                break
+    return resolved
+
+
 def _single_char(value: str) -> str:
     if len(value) != 1 or value in "\r\n":
         raise ValueError("must be exactly one character (not a line break)")

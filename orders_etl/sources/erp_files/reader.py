@@ -28,8 +28,15 @@ from typing import Any
 from orders_etl.model import Source
 from orders_etl.sources.base import Log, SourceError, no_log
 from orders_etl.sources.erp_files.dates import DateParser
-from orders_etl.sources.erp_files.dialect import REQUIRED_COLUMNS, Dialect, fold, load_dialect
-from orders_etl.sources.erp_files.records import RecordReader
+from orders_etl.sources.erp_files.dialect import (
+    REQUIRED_COLUMNS,
+    Dialect,
+    fold,
+    load_dialect,
+    resolve_columns,
+)
+from orders_etl.sources.erp_files.fast import payload_text
+from orders_etl.sources.erp_files.records import Record, RecordReader, plain_record
 from orders_etl.store import RawRecord
 
 SOURCE = Source.ERP_FILES.value
@@ -52,20 +59,6 @@ def header_names(cells: list[str]) -> list[str]:
         seen.add(name)
         names.append(name)
     return names
-
-
-def resolve_columns(headers: list[str], dialect: Dialect) -> dict[str, str]:
-    """Canonical field -> the header holding it: the first alias present wins (case/space-blind)."""
-    by_folded: dict[str, str] = {}
-    for name in headers:
-        by_folded.setdefault(fold(name), name)
-    resolved: dict[str, str] = {}
-    for field, aliases in dialect.columns.items():
-        for alias in aliases:
-            if (header := by_folded.get(fold(alias))) is not None:
-                resolved[field] = header
-                break
-    return resolved
 
 
 def in_window(when: datetime, start: datetime | None, end: datetime | None) -> bool:
@@ -197,38 +190,78 @@ class _FileRead:
     def _rows(
         self, reader: RecordReader, headers: list[str], columns: dict[str, str], encoding: str
     ) -> Iterator[RawRecord]:
-        """One raw record per row (line shape groups them afterwards)."""
+        """One raw record per row (line shape groups them afterwards).
+
+        The fast path (see ``fast.py``): a plain line with an order number and a readable
+        ``updated_at`` becomes its record right here, its payload's JSON text built in C;
+        everything else goes through :meth:`_from_record`, as in :meth:`_rows_one_by_one`,
+        the reference this must always equal.
+        """
+        number_at = headers.index(columns["order_number"])
+        updated_column = columns.get("updated_at")
+        updated_at = None if updated_column is None else headers.index(updated_column)
+        parse_date, mtime, name, separator = self.dates.parse, self.mtime, self.name, reader.separator
+        for item in reader.rows(len(headers)):
+            if type(item) is tuple:
+                line, cells = item
+                key = cells[number_at].strip()
+                updated: datetime | None = mtime
+                if updated_at is not None and (cell := cells[updated_at].strip()):
+                    try:
+                        updated = parse_date(cell)
+                    except ValueError:
+                        updated = None
+                if key and updated is not None:
+                    self.rows += 1
+                    if self.rows % PROGRESS_EVERY == 0:
+                        self.log(f"erp_files: {self.name}: {self.rows} rows read, {self.errors} unreadable")
+                    payload = {"file": name, "line": line, "row": dict(zip(headers, cells, strict=True))}
+                    yield RawRecord(key, updated, payload, payload_text(payload))
+                    continue
+                item = plain_record(line, cells, separator)
+            if (record := self._from_record(item, headers, columns, encoding)) is not None:
+                yield record
+
+    def _rows_one_by_one(
+        self, reader: RecordReader, headers: list[str], columns: dict[str, str], encoding: str
+    ) -> Iterator[RawRecord]:
+        """:meth:`_rows` without its fast path: the reference it is tested against."""
         width = len(headers)
+        while (record := reader.read(width)) is not None:
+            if (raw := self._from_record(record, headers, columns, encoding)) is not None:
+                yield raw
+
+    def _from_record(
+        self, record: Record, headers: list[str], columns: dict[str, str], encoding: str
+    ) -> RawRecord | None:
+        """The raw record of one record read (None for a blank line)."""
+        if record.error is None and not any(c.strip() for c in record.cells):
+            self.blank += 1
+            return None
+        self.rows += 1
+        if self.rows % PROGRESS_EVERY == 0:
+            self.log(f"erp_files: {self.name}: {self.rows} rows read, {self.errors} unreadable")
+        if record.error is not None:
+            reason = record.error
+            if reason.startswith("undecodable"):
+                reason += f" (file read as {encoding})"
+            return self._error(record.line, reason, record.raw)
         number_column = columns["order_number"]
         updated_column = columns.get("updated_at")
-        while (record := reader.read(width)) is not None:
-            if record.error is None and not any(c.strip() for c in record.cells):
-                self.blank += 1
-                continue
-            self.rows += 1
-            if self.rows % PROGRESS_EVERY == 0:
-                self.log(f"erp_files: {self.name}: {self.rows} rows read, {self.errors} unreadable")
-            if record.error is not None:
-                reason = record.error
-                if reason.startswith("undecodable"):
-                    reason += f" (file read as {encoding})"
-                yield self._error(record.line, reason, record.raw)
-                continue
-            row = dict(zip(headers, record.cells, strict=True))
-            key = row[number_column].strip()
-            if not key:
-                reason = f"no order number (column {number_column!r} is empty)"
-                yield self._error(record.line, reason, record.raw)
-                continue
-            updated_at = self.mtime
-            if updated_column is not None and (cell := row[updated_column].strip()):
-                try:
-                    updated_at = self.dates.parse(cell)
-                except ValueError as exc:
-                    reason = f"field 'updated_at' (column {updated_column!r}) = {cell!r}: {exc}"
-                    yield self._error(record.line, reason, record.raw)
-                    continue
-            yield RawRecord(key, updated_at, {"file": self.name, "line": record.line, "row": row})
+        row = dict(zip(headers, record.cells, strict=True))
+        key = row[number_column].strip()
+        if not key:
+            reason = f"no order number (column {number_column!r} is empty)"
+            return self._error(record.line, reason, record.raw)
+        updated_at = self.mtime
+        if updated_column is not None and (cell := row[updated_column].strip()):
+            try:
+                updated_at = self.dates.parse(cell)
+            except ValueError as exc:
+                reason = f"field 'updated_at' (column {updated_column!r}) = {cell!r}: {exc}"
+                return self._error(record.line, reason, record.raw)
+        payload = {"file": self.name, "line": record.line, "row": row}
+        return RawRecord(key, updated_at, payload, payload_text(payload))
 
     def _grouped(self, rows: Iterator[RawRecord]) -> Iterator[RawRecord]:
         """Consecutive rows of one order as one record (line shape)."""
@@ -257,4 +290,4 @@ class _FileRead:
             return
         seen[first.record_key] = line
         payload: dict[str, Any] = {"file": self.name, "line": line, "rows": [r.payload["row"] for r in group]}
-        yield RawRecord(first.record_key, max(r.updated_at for r in group), payload)
+        yield RawRecord(first.record_key, max(r.updated_at for r in group), payload, payload_text(payload))

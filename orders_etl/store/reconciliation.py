@@ -11,14 +11,18 @@ transaction:
   ``first_detected_at`` keeps the history.
 * ``reconciliation_summary``, replaced: the per day × currency summary of this run.
 
-Loading streams ``source_orders`` in chunks and keeps each order in a compact form (money as
-integer minor units, see :mod:`orders_etl.reconcile`), so a store of millions of orders is
-reconciled in bounded memory.
+Both sides are streamed from ``source_orders`` a range of ``external_id`` at a time and
+compared range by range (:class:`orders_etl.reconcile.Reconciler`); each range's exceptions
+go to a staging table, merged into the ledger set-based at the end. Memory stays flat
+whatever the number of orders.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import io
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -26,6 +30,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -36,21 +43,17 @@ from orders_etl.reconcile import (
     MONEY_COLUMNS,
     MONEY_KINDS,
     ReconcileConfig,
-    ReconcileResult,
+    Reconciler,
     currency_exponents,
-    reconcile,
     to_minor_units,
 )
 from orders_etl.store import OrderStore
-from orders_etl.store.schema import (
-    orders,
-    reconciliation_exceptions,
-    reconciliation_summary,
-    source_orders,
-)
-from orders_etl.store.types import SQLITE_DATETIME_FORMAT, UtcDateTime, sqlite_datetime, sqlite_money
+from orders_etl.store.engine import reading
+from orders_etl.store.schema import orders, reconciliation_exceptions, reconciliation_summary
+from orders_etl.store.types import SQLITE_DATETIME_FORMAT, UtcDateTime, sqlite_money
 
-LOAD_CHUNK_SIZE = 50_000
+# source_orders rows per chunk (both sides): a chunk's frames take some 30 MB.
+LOAD_CHUNK_ROWS = 100_000
 WORST_LIMIT = 10
 # Aging of open exceptions, by time since first detected: [0, 1) d, [1, 7) d, [7, 30) d, ≥ 30 d.
 AGING_BUCKETS: tuple[str, ...] = ("0–1 d", "1–7 d", "7–30 d", ">30 d")
@@ -105,146 +108,211 @@ class ReconciliationOutcome:
 
 
 # ---------------------------------------------------------------------------------------
-# Loading both sides
+# Loading both sides, a key range at a time
 
 
 _ERP_SOURCES = [s.value for s in ERP_SOURCES]
-_SOURCE_NAMES = np.array([Source.SHOPIFY.value, *_ERP_SOURCES, None], dtype=object)
-# What is read per order. The source comes as a small integer (index into _SOURCE_NAMES, -1 for
-# any other) and updated_at only where created_at is missing (its one use: the day fallback),
-# which spares the driver millions of string objects.
-_FIELDS = {
-    "source": "CASE source "
-    + " ".join(f"WHEN '{name}' THEN {i}" for i, name in enumerate(_SOURCE_NAMES[:-1]))
-    + " ELSE -1 END",
-    "external_id": "external_id",
-    "currency": "currency",
-    "created_at": "created_at",
-    "updated_at": "CASE WHEN created_at IS NULL THEN updated_at END",
-    "deleted_at": "deleted_at",
-    "payment_status": "payment_status",
+# The source as a small integer: its index in _SOURCE_NAMES, -1 for any other source.
+_SOURCE_NAMES = np.array([Source.SHOPIFY.value, *_ERP_SOURCES], dtype=object)
+_SOURCE_CODE = (
+    "CASE source " + " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(_SOURCE_NAMES)) + " ELSE -1 END"
+)
+# What is read per order, in this order. updated_at only where created_at is missing (its one
+# use: the day of an order without creation time); deleted_at only matters for being set.
+_COLUMNS: dict[str, pa.DataType] = {
+    "source": pa.int8(),
+    "external_id": pa.string(),
+    "currency": pa.string(),
+    "created_at": pa.timestamp("us"),
+    "updated_at": pa.timestamp("us"),
+    "deleted_at": pa.timestamp("us"),
+    "payment_status": pa.string(),
+    **{name: pa.string() for name in MONEY_COLUMNS},
 }
+_EMPTY = pa.schema(list(_COLUMNS.items())).empty_table()
+# The lines the database renders (see _select_sql): every value between single quotes
+# (doubled inside), so any external_id survives, and NULL bare, so the text 'NULL' stays text.
+_CSV_OPTIONS: dict[str, Any] = {
+    "read_options": pa_csv.ReadOptions(column_names=list(_COLUMNS)),
+    "parse_options": pa_csv.ParseOptions(quote_char="'", newlines_in_values=True),
+    "convert_options": pa_csv.ConvertOptions(
+        column_types=_COLUMNS,
+        null_values=["NULL"],
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=False,
+    ),
+}
+# An amount as the store writes it: digits (few enough for int64), maybe a point and decimals.
+_PLAIN_AMOUNT = r"^[0-9]{1,18}(\.[0-9]+)?$"
 
 
-# Marks an amount the fast path cannot take (outside any valid amount's minor units).
-_EXACT_PATH = -(2**62) - 1
+def _select_sql(dialect: str) -> str:
+    """The query rendering the source_orders rows of one key range (``{where}``) as CSV lines.
 
-
-def _money_sql(column: str, dialect: str) -> str:
-    """Two SQL columns for one amount, computed by the database: its digits and its scale.
-
-    The amount is ``digits × 10^-scale``. The store writes every amount at its currency's
-    exponent, so the digits are its minor units and Python builds no Decimal per row.
-    Anything unusual (exponent notation, too many digits) gives ``_EXACT_PATH`` as digits,
-    and such an amount, like one whose scale is not its currency's exponent, is read again
-    as Decimal and converted exactly.
+    Text, because building a Python object per value is what costs most at millions of
+    orders: the database writes the lines in C and Arrow parses them in C++. Times come as
+    the store's canonical UTC text (``YYYY-MM-DD HH:MM:SS.ffffff``), amounts as decimal text.
     """
-    if dialect == "sqlite":  # exact decimal text, e.g. '-12.30'
-        odd = f"{column} GLOB '*[^0-9.-]*' OR {column} GLOB '?*-*' OR LENGTH({column}) > 18"
-        digits = f"CAST(REPLACE({column}, '.', '') AS INTEGER)"
-        scale = f"CASE WHEN INSTR({column}, '.') = 0 THEN 0 ELSE LENGTH({column}) - INSTR({column}, '.') END"
-    else:  # NUMERIC keeps the scale it was given
-        odd = f"scale({column}) > 4 OR abs({column}) >= 1e14"
-        digits = f"({column} * power(10::numeric, scale({column})))::bigint"
-        scale = f"scale({column})"
-    return f"CASE WHEN {odd} THEN {_EXACT_PATH} ELSE {digits} END, {scale}"
-
-
-def _load_sql(dialect: str) -> str:
-    money = ", ".join(_money_sql(name, dialect) for name in MONEY_COLUMNS)
-    # A full scan in table order: filtering on source here would make SQLite walk the
-    # primary-key index instead; other sources (none today) are dropped in load_sides.
-    return f"SELECT {', '.join(_FIELDS.values())}, {money} FROM source_orders"
-
-
-def _utc(values: Sequence[Any], sqlite: bool) -> pd.DatetimeIndex:
-    if sqlite:  # fixed-width UTC text, see orders_etl.store.types
-        return pd.DatetimeIndex(pd.to_datetime(list(values), format=SQLITE_DATETIME_FORMAT)).tz_localize(
-            "UTC"
+    if dialect == "sqlite":
+        when = "CASE WHEN created_at IS NULL THEN updated_at END"
+        values = ", ".join(["external_id", "currency", "created_at", when, "deleted_at", "payment_status"])
+        # printf's %Q quotes text as SQL does ('it''s') and writes NULL bare. All lines come as
+        # one value: the driver builds one bytes object instead of one object per value.
+        line = (
+            f"printf('%d{',%Q' * (len(_COLUMNS) - 1)}', {_SOURCE_CODE}, {values}, {', '.join(MONEY_COLUMNS)})"
         )
-    return pd.DatetimeIndex(pd.to_datetime(list(values), utc=True)).as_unit("ns")
+        return f"SELECT CAST(group_concat({line}, char(10)) AS BLOB) FROM source_orders WHERE {{where}}"
+
+    def text(column: str) -> str:  # whatever the session's TimeZone and DateStyle
+        return f"to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"
+
+    when = f"CASE WHEN created_at IS NULL THEN {text('updated_at')} END"
+    values = ", ".join(
+        ["external_id", "currency", text("created_at"), when, text("deleted_at"), "payment_status"]
+    )
+    select = f"SELECT {_SOURCE_CODE}, {values}, {', '.join(MONEY_COLUMNS)} FROM source_orders WHERE {{where}}"
+    return f"COPY ({select}) TO STDOUT WITH (FORMAT csv, QUOTE '''', NULL 'NULL', FORCE_QUOTE *)"
 
 
-def _exact_units(
-    store: OrderStore, keys: list[tuple[str, str]], name: str, exponents: np.ndarray
-) -> np.ndarray:
-    """Minor units of amounts outside the fast path, read as Decimal and converted exactly."""
-    amounts = []
-    with store.engine.connect() as conn:
-        for source, external_id in keys:
-            amounts.append(
-                conn.execute(
-                    sa.select(source_orders.c[name]).where(
-                        source_orders.c.source == source, source_orders.c.external_id == external_id
-                    )
-                ).scalar_one()
-            )
-    return to_minor_units(amounts, exponents).to_numpy(dtype=np.int64)
+def _minor_units(texts: pa.Array, exponents: np.ndarray) -> pd.arrays.IntegerArray:
+    """Decimal texts as integers of their currency's minor unit, exactly (null stays null).
+
+    An amount spelled as the store writes it (as many decimals as its currency has) is
+    converted column-wise: its digits are its minor units. Any other spelling (other
+    decimals, exponent notation, a sign) goes through Decimal, and is refused if it cannot
+    be held exactly, by :func:`~orders_etl.reconcile.to_minor_units`.
+    """
+    absent = texts.is_null().to_numpy(zero_copy_only=False)
+    point = pc.find_substring(texts, ".")
+    decimals = pc.if_else(pc.equal(point, -1), 0, pc.subtract(pc.subtract(pc.utf8_length(texts), point), 1))
+    plain = pc.fill_null(pc.match_substring_regex(texts, _PLAIN_AMOUNT), False).to_numpy(zero_copy_only=False)
+    fast = plain & (pc.fill_null(decimals, -1).to_numpy(zero_copy_only=False) == exponents)
+    units = np.zeros(len(texts), dtype=np.int64)
+    digits = pc.replace_substring(texts.filter(pa.array(fast)), ".", "")
+    units[fast] = pc.cast(digits, pa.int64()).to_numpy(zero_copy_only=False)
+    slow = ~absent & ~fast
+    if slow.any():
+        amounts = texts.filter(pa.array(slow)).to_pylist()
+        units[slow] = to_minor_units(amounts, exponents[slow]).to_numpy(dtype=np.int64)
+    return pd.arrays.IntegerArray(units, absent)
 
 
-def _chunk_frame(store: OrderStore, rows: Sequence[tuple[Any, ...]]) -> pd.DataFrame:
-    sqlite = store.engine.dialect.name == "sqlite"
-    width = len(_FIELDS) + 2 * len(MONEY_COLUMNS)
-    columns = list(zip(*rows, strict=True)) if rows else [()] * width
-    fields = dict(zip(_FIELDS, columns, strict=False))
-    currency = np.asarray(fields["currency"], dtype=object)
-    exponents = currency_exponents(currency)
+def _side_frames(table: pa.Table) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Parsed lines as the Shopify frame and the ERP frame ``reconcile`` takes (money as
+    ``<name>_minor``); rows of any other source are left out."""
+    table = table.combine_chunks()
+    exponents = currency_exponents(table["currency"].to_numpy(zero_copy_only=False))
     frame = pd.DataFrame(
         {
-            "source": _SOURCE_NAMES[np.asarray(fields["source"], dtype=np.int64)],
-            "external_id": np.asarray(fields["external_id"], dtype=object),
-            "currency": currency,
-            "created_at": _utc(fields["created_at"], sqlite),
-            "updated_at": _utc(fields["updated_at"], sqlite),
-            "deleted_at": _utc(fields["deleted_at"], sqlite),
-            "payment_status": np.asarray(fields["payment_status"], dtype=object),
+            "external_id": table["external_id"].to_pandas(),
+            "currency": table["currency"].to_pandas(),
+            **{
+                name: pd.DatetimeIndex(table[name].to_pandas()).tz_localize("UTC")
+                for name in ("created_at", "updated_at", "deleted_at")
+            },
+            "payment_status": table["payment_status"].to_pandas(),
+            **{
+                f"{name}_minor": _minor_units(table[name].combine_chunks(), exponents)
+                for name in MONEY_COLUMNS
+            },
         }
     )
-    for k, name in enumerate(MONEY_COLUMNS):
-        digits = pd.array(columns[len(_FIELDS) + 2 * k], dtype="Int64")
-        scale = pd.array(columns[len(_FIELDS) + 2 * k + 1], dtype="Int64")
-        absent = np.asarray(scale.isna(), dtype=bool)
-        units = digits.to_numpy(dtype=np.int64, na_value=0)
-        odd = (units == _EXACT_PATH) | (scale.to_numpy(dtype=np.int64, na_value=-1) != exponents)
-        slow = np.flatnonzero(~absent & odd)
-        if len(slow):
-            keys = list(
-                zip(frame["source"].to_numpy()[slow], frame["external_id"].to_numpy()[slow], strict=True)
+    source = table["source"].to_numpy(zero_copy_only=False)
+    erp = frame[source > 0].reset_index(drop=True)
+    erp["source"] = _SOURCE_NAMES[source[source > 0]]
+    return frame[source == 0].reset_index(drop=True), erp
+
+
+class _ChunkReader:
+    """Reads source_orders a key range of about ``chunk_rows`` rows at a time, all in one
+    snapshot of the store: one read transaction, on a connection of its own.
+
+    Ranges split on ``external_id``, so every record of an order, on either side, falls in
+    the same chunk, as :class:`~orders_etl.reconcile.Reconciler` requires. Each range's end
+    is looked up in the ``external_id`` index just before the range is read.
+    """
+
+    def __init__(self, store: OrderStore, chunk_rows: int) -> None:
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
+        self.engine = store.engine
+        self.chunk_rows = chunk_rows
+        self.select = _select_sql(self.engine.dialect.name)
+        self.conn: Connection | None = None
+        self.low: str | None = None  # where the next range starts (None: at the first key)
+        self.done = False
+
+    def open(self) -> None:
+        if self.engine.dialect.name == "sqlite":  # deferred: a snapshot, and no write lock
+            self.conn = reading(self.engine).connect()
+        else:
+            self.conn = self.engine.connect().execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
             )
-            units[slow] = _exact_units(store, keys, name, exponents[slow])
-        frame[f"{name}_minor"] = pd.arrays.IntegerArray(np.where(absent, 0, units), absent)
-    return frame
+        self.conn.begin()
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+    def next(self) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+        """The next chunk, as Shopify and ERP frames; None once every range was read."""
+        if self.done or self.conn is None:
+            return None
+        after = "" if self.low is None else "WHERE external_id > :low "
+        high = self.conn.execute(
+            sa.text(f"SELECT external_id FROM source_orders {after}ORDER BY external_id LIMIT 1 OFFSET :n"),
+            {"low": self.low, "n": self.chunk_rows},
+        ).scalar()
+        lines = self._lines(self.low, high)
+        self.low, self.done = high, high is None
+        return _side_frames(pa_csv.read_csv(io.BytesIO(lines), **_CSV_OPTIONS) if lines else _EMPTY)
+
+    def _lines(self, low: str | None, high: str | None) -> bytes | None:
+        """The CSV lines of the rows with ``low <= external_id < high`` (None: unbounded)."""
+        assert self.conn is not None
+        bounds = {"low": low, "high": high}
+        sqlite = self.engine.dialect.name == "sqlite"
+        where = " AND ".join(
+            f"external_id {op} {':' + name if sqlite else f'%({name})s'}"
+            for name, op in (("low", ">="), ("high", "<"))
+            if bounds[name] is not None
+        )
+        select = self.select.format(where=where or "true")
+        params = {name: value for name, value in bounds.items() if value is not None}
+        if sqlite:
+            return self.conn.execute(sa.text(select), params).scalar()
+        lines = bytearray()
+        driver = self.conn.connection.driver_connection
+        with driver.cursor() as cursor, cursor.copy(select, params or None) as copy:  # type: ignore[union-attr]
+            for block in copy:
+                lines += block
+        return bytes(lines)
 
 
-def _chunks(store: OrderStore) -> Iterator[pd.DataFrame]:
-    """source_orders of both sides, streamed in chunks straight from the driver's cursor."""
-    dialect = store.engine.dialect.name
-    with store.engine.connect() as conn:
-        driver = conn.connection.driver_connection
-        if dialect == "sqlite":
-            cursor = driver.cursor()  # type: ignore[union-attr]
-        else:  # a server-side cursor: PostgreSQL sends the rows as they are fetched
-            cursor = driver.cursor(name="orders_etl_reconciliation_load")  # type: ignore[union-attr]
+def _chunks(store: OrderStore, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """Both sides of source_orders, chunk by chunk (see :class:`_ChunkReader`).
+
+    The chunks are read on a worker thread, one ahead: the database's and Arrow's work,
+    which release the GIL, overlap the comparison of the chunk before on the caller's thread.
+    The reader's connection lives and dies on that one thread.
+    """
+    reader = _ChunkReader(store, chunk_rows)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="orders-etl-reconcile") as worker:
         try:
-            cursor.execute(_load_sql(dialect))
-            while rows := cursor.fetchmany(LOAD_CHUNK_SIZE):
-                yield _chunk_frame(store, rows)
+            worker.submit(reader.open).result()
+            upcoming = worker.submit(reader.next)
+            while (chunk := upcoming.result()) is not None:
+                upcoming = worker.submit(reader.next)
+                yield chunk
         finally:
-            cursor.close()
+            worker.submit(reader.close).result()
 
 
-def load_sides(store: OrderStore) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The Shopify side and the ERP side (Business Central and flat files) of source_orders."""
-    shopify: list[pd.DataFrame] = [_chunk_frame(store, [])]
-    erp: list[pd.DataFrame] = [_chunk_frame(store, [])]
-    for chunk in _chunks(store):
-        source = chunk["source"].to_numpy(dtype=object)
-        shopify.append(chunk[source == Source.SHOPIFY.value])
-        erp.append(chunk[np.isin(source, _ERP_SOURCES)])
-    return (
-        pd.concat(shopify, ignore_index=True).drop(columns="source"),
-        pd.concat(erp, ignore_index=True),
-    )
+def load_sides(store: OrderStore, *, chunk_rows: int = LOAD_CHUNK_ROWS) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The whole Shopify side and ERP side of source_orders, in memory (tests, small stores)."""
+    shopify, erp = zip(*_chunks(store, chunk_rows), strict=True)
+    return pd.concat(shopify, ignore_index=True), pd.concat(erp, ignore_index=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -268,28 +336,30 @@ def _create_staging(conn: Connection) -> None:
         )
 
 
-def _ledger_rows(exceptions: pd.DataFrame) -> Iterator[tuple[Any, ...]]:
-    created = [None if pd.isna(t) else t.to_pydatetime() for t in exceptions["order_created_at"]]
-    yield from zip(
+def _fill_staging(conn: Connection, exceptions: pd.DataFrame) -> None:
+    """Add one chunk's exceptions to staging_exceptions."""
+    if exceptions.empty:
+        return
+    names = ", ".join(_LEDGER_FIELDS)
+    driver = conn.connection.driver_connection
+    created = exceptions["order_created_at"]
+    if conn.dialect.name == "sqlite":
+        texts = created.dt.strftime(SQLITE_DATETIME_FORMAT).astype(object).where(created.notna(), None)
+        differences = [sqlite_money(d) for d in exceptions["difference"]]
+    else:
+        texts = [None if pd.isna(t) else t.to_pydatetime() for t in created]
+        differences = exceptions["difference"]
+    rows = zip(
         exceptions["external_id"],
         exceptions["kind"],
         exceptions["currency"],
-        created,
+        texts,
         exceptions["shopify_value"],
         exceptions["erp_value"],
-        exceptions["difference"],
+        differences,
         strict=True,
     )
-
-
-def _fill_staging(conn: Connection, exceptions: pd.DataFrame) -> None:
-    names = ", ".join(_LEDGER_FIELDS)
-    driver = conn.connection.driver_connection
     if conn.dialect.name == "sqlite":
-        rows = (
-            (ext, kind, cur, sqlite_datetime(created), shop, erp, sqlite_money(diff))
-            for ext, kind, cur, created, shop, erp, diff in _ledger_rows(exceptions)
-        )
         driver.executemany(  # type: ignore[union-attr]
             f"INSERT INTO staging_exceptions ({names}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
         )
@@ -298,16 +368,18 @@ def _fill_staging(conn: Connection, exceptions: pd.DataFrame) -> None:
             driver.cursor() as cursor,  # type: ignore[union-attr]
             cursor.copy(f"COPY staging_exceptions ({names}) FROM STDIN") as copy,
         ):
-            for row in _ledger_rows(exceptions):
+            for row in rows:
                 copy.write_row(row)
 
 
-def _write_ledger(conn: Connection, exceptions: pd.DataFrame, now: datetime) -> tuple[int, int, int]:
-    """Merge this run's exceptions into the ledger; returns (new, resolved, reopened)."""
+def _merge_ledger(conn: Connection, staged: int, now: datetime) -> tuple[int, int, int]:
+    """Merge this run's exceptions (the ``staged`` rows of staging_exceptions) into the
+    ledger, set-based; returns (new, resolved, reopened)."""
     if conn.dialect.name == "postgresql":
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LEDGER_LOCK})
-    _create_staging(conn)
-    _fill_staging(conn, exceptions)
+        # A temporary table has no statistics until analyzed: without them the planner
+        # guesses its size and may pick a nested loop over the whole ledger.
+        conn.exec_driver_sql("ANALYZE staging_exceptions")
     known, reopened = conn.execute(
         sa.text(
             "SELECT COUNT(*), COUNT(r.resolved_at) FROM staging_exceptions AS s "
@@ -338,7 +410,7 @@ def _write_ledger(conn: Connection, exceptions: pd.DataFrame, now: datetime) -> 
         ).bindparams(now_param),
         {"now": now},
     ).rowcount
-    return len(exceptions) - known, resolved, reopened
+    return staged - known, resolved, reopened
 
 
 def _write_summary(conn: Connection, summary: pd.DataFrame, now: datetime) -> None:
@@ -363,6 +435,17 @@ def aging_bucket(age_days: float) -> str:
     return AGING_BUCKETS[-1]
 
 
+_TIMES = ("order_created_at", "first_detected_at", "last_detected_at")
+
+
+def _utc_times(values: list[Any], dialect: str) -> pd.Series:
+    """Times as the driver returns them (SQLite: canonical UTC text), as aware UTC, column-wise."""
+    if dialect == "sqlite":
+        times = pd.to_datetime(pd.Series(values, dtype=object), format=SQLITE_DATETIME_FORMAT)
+        return times.dt.tz_localize("UTC").dt.as_unit("us")
+    return pd.to_datetime(pd.Series(values, dtype=object), utc=True).dt.as_unit("us")
+
+
 def open_exceptions(store: OrderStore, *, now: datetime, since: date | None = None) -> pd.DataFrame:
     """Open ledger rows with the order number, age in days and aging bucket.
 
@@ -370,18 +453,21 @@ def open_exceptions(store: OrderStore, *, now: datetime, since: date | None = No
     has no creation time are always kept. Sorted by kind, then oldest first.
     """
     e = reconciliation_exceptions
+    # Times are read as the driver gives them and converted column-wise below: parsing them
+    # one by one costs seconds at tens of thousands of open exceptions.
+    raw = {name: sa.type_coerce(e.c[name], sa.Text()).label(name) for name in _TIMES}
     query = (
         sa.select(
             e.c.external_id,
             orders.c.number,
             e.c.kind,
             e.c.currency,
-            e.c.order_created_at,
+            raw["order_created_at"],
             e.c.shopify_value,
             e.c.erp_value,
             e.c.difference,
-            e.c.first_detected_at,
-            e.c.last_detected_at,
+            raw["first_detected_at"],
+            raw["last_detected_at"],
         )
         .select_from(e.outerjoin(orders, orders.c.external_id == e.c.external_id))
         .where(e.c.resolved_at.is_(None))
@@ -393,9 +479,15 @@ def open_exceptions(store: OrderStore, *, now: datetime, since: date | None = No
         rows = conn.execute(query).all()
     columns = [c.name for c in query.selected_columns]
     frame = pd.DataFrame(rows, columns=columns).astype({"difference": object})
-    ages = [(now - first).total_seconds() / 86_400 for first in frame["first_detected_at"]]
+    for name in _TIMES:
+        frame[name] = _utc_times(frame[name].tolist(), store.engine.dialect.name)
+    # Whole microseconds over 10**6, as timedelta.total_seconds() computes them: the same floats.
+    microseconds = (pd.Timestamp(now).as_unit("us") - frame["first_detected_at"]).to_numpy().astype(np.int64)
+    ages = microseconds / 10**6 / 86_400
     frame["age_days"] = pd.Series(ages, dtype="float64").round(2)
-    frame["aging"] = [aging_bucket(age) for age in ages]
+    frame["aging"] = np.asarray(AGING_BUCKETS, dtype=object)[
+        np.searchsorted(_AGING_EDGES_DAYS, ages, side="right")
+    ]
     kind_rank = frame["kind"].map({k: i for i, k in enumerate(KINDS)})
     return (
         frame.assign(_rank=kind_rank)
@@ -474,30 +566,46 @@ def run_reconciliation(
     now: datetime | None = None,
     config: ReconcileConfig = DEFAULT_CONFIG,
     worst_limit: int = WORST_LIMIT,
+    chunk_rows: int = LOAD_CHUNK_ROWS,
 ) -> ReconciliationOutcome:
-    """Reconcile the whole store, update the ledger and replace the summary (one transaction)."""
+    """Reconcile the whole store, update the ledger and replace the summary (one transaction).
+
+    Both sides are streamed in chunks of about ``chunk_rows`` source_orders rows, split on
+    ``external_id`` (see :class:`_ChunkReader`): memory stays flat whatever the store's size.
+    Each chunk's exceptions go to a staging table; the ledger is merged from it at the end.
+    """
     now = datetime.now(UTC) if now is None else now
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
     now = now.astimezone(UTC)
-    shopify, erp = load_sides(store)
-    result: ReconcileResult = reconcile(shopify, erp, now=now, config=config)
-    del shopify, erp  # the compact frames are the largest thing held; free them before writing
-    with store.engine.begin() as conn:
-        new, resolved, reopened = _write_ledger(conn, result.exceptions, now)
-        _write_summary(conn, result.summary, now)
+    run = Reconciler(now=now, config=config)
+    at_stake: dict[str, Decimal] = {}
+    staged = 0
+    # On SQLite the write lock is taken first: the chunks are then read from the same state
+    # of the store that the ledger is merged into.
+    with store.engine.begin() as conn, closing(_chunks(store, chunk_rows)) as chunks:
+        _create_staging(conn)
+        for shopify, erp in chunks:
+            exceptions = run.add(shopify, erp).exceptions
+            _fill_staging(conn, exceptions)
+            staged += len(exceptions)
+            # An order's exceptions are all in one chunk, so its largest difference is too.
+            for currency, amount in amount_at_stake(exceptions).items():
+                at_stake[currency] = at_stake.get(currency, Decimal(0)) + amount
+        new, resolved, reopened = _merge_ledger(conn, staged, now)
+        _write_summary(conn, run.summary(), now)
     opened = open_exceptions(store, now=now)
     return ReconciliationOutcome(
         now=now,
-        counts=result.counts,
-        amount_at_stake=amount_at_stake(result.exceptions),
-        open=len(result.exceptions),
+        counts=dict(run.counts),
+        amount_at_stake=dict(sorted(at_stake.items())),
+        open=staged,
         new=new,
         resolved=resolved,
         reopened=reopened,
-        matched=result.matched,
-        pending_sync=result.pending_sync,
-        shopify_orders=result.shopify_orders,
-        erp_orders=result.erp_orders,
+        matched=run.matched,
+        pending_sync=run.pending_sync,
+        shopify_orders=run.shopify_orders,
+        erp_orders=run.erp_orders,
         worst=worst_exceptions(opened, worst_limit),
     )

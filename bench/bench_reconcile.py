@@ -41,7 +41,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +49,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orders_etl.reconcile import from_minor_units, reconcile  # noqa: E402
+from orders_etl.reconcile import from_minor_units, reconcile
 
 CURRENCIES = np.array(["USD", "EUR", "JPY", "KWD"], dtype=object)
 EXPONENTS = np.array([2, 2, 0, 3])
@@ -197,7 +197,8 @@ def build_plan(n: int, seed: int, extras: bool) -> Plan:
     erp_files = business_central.take(files_rows)
     erp_files.numbers = np.array([f"FILE-{i}" for i in range(len(files_rows))], dtype=object)
     erp_files.total = erp_files.total + 1
-    matched = n - len(missing_in_erp) - len(pending) - int(deleted.sum()) - len(amount_diff) - len(status_diff)
+    unpaired = len(missing_in_erp) + len(pending) + int(deleted.sum())
+    matched = n - unpaired - len(amount_diff) - len(status_diff)
     return Plan(shopify, business_central, erp_files, planted, len(pending), matched)
 
 
@@ -394,10 +395,14 @@ def verify(url: str, plan: Plan, cold: dict, rerun: dict, n: int) -> bool:
         ).scalar_one()
     store.dispose()
     planted = len(plan.planted)
+
+    def lifecycle(run: dict) -> tuple[int, int, int, int]:
+        return run["open"], run["new"], run["resolved"], run["reopened"]
+
     checks = {
         "ledger = plan": open_rows == plan.planted and resolved == 0,
-        "cold outcome": (cold["open"], cold["new"], cold["resolved"], cold["reopened"]) == (planted, planted, 0, 0),
-        "rerun outcome": (rerun["open"], rerun["new"], rerun["resolved"], rerun["reopened"]) == (planted, 0, 0, 0),
+        "cold outcome": lifecycle(cold) == (planted, planted, 0, 0),
+        "rerun outcome": lifecycle(rerun) == (planted, 0, 0, 0),
         "matched": cold["matched"] == rerun["matched"] == plan.matched,
         "pending": cold["pending_sync"] == plan.pending,
         "orders": cold["shopify_orders"] == n - int(plan.shopify.deleted.sum())

@@ -22,7 +22,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -59,6 +59,8 @@ WORST_LIMIT = 10
 AGING_BUCKETS: tuple[str, ...] = ("0–1 d", "1–7 d", "7–30 d", ">30 d")
 _AGING_EDGES_DAYS = (1, 7, 30)
 _PG_LEDGER_LOCK = 7_310_452_008
+_CANONICAL_TIME = "YYYY-MM-DD HH24:MI:SS.US"  # PostgreSQL's spelling of SQLITE_DATETIME_FORMAT
+_LEAN_PAGE_CACHE = -8192  # KiB (SQLite's unit for a negative cache_size): 8 MiB
 _LEDGER_FIELDS = (
     "external_id",
     "kind",
@@ -142,8 +144,8 @@ _CSV_OPTIONS: dict[str, Any] = {
         quoted_strings_can_be_null=False,
     ),
 }
-# An amount as the store writes it: digits (few enough for int64), maybe a point and decimals.
-_PLAIN_AMOUNT = r"^[0-9]{1,18}(\.[0-9]+)?$"
+# Decimal digits that always fit in int64.
+_INT64_DIGITS = 18
 
 
 def _select_sql(dialect: str) -> str:
@@ -164,7 +166,7 @@ def _select_sql(dialect: str) -> str:
         return f"SELECT CAST(group_concat({line}, char(10)) AS BLOB) FROM source_orders WHERE {{where}}"
 
     def text(column: str) -> str:  # whatever the session's TimeZone and DateStyle
-        return f"to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"
+        return f"to_char({column} AT TIME ZONE 'UTC', '{_CANONICAL_TIME}')"
 
     when = f"CASE WHEN created_at IS NULL THEN {text('updated_at')} END"
     values = ", ".join(
@@ -177,19 +179,23 @@ def _select_sql(dialect: str) -> str:
 def _minor_units(texts: pa.Array, exponents: np.ndarray) -> pd.arrays.IntegerArray:
     """Decimal texts as integers of their currency's minor unit, exactly (null stays null).
 
-    An amount spelled as the store writes it (as many decimals as its currency has) is
-    converted column-wise: its digits are its minor units. Any other spelling (other
-    decimals, exponent notation, a sign) goes through Decimal, and is refused if it cannot
-    be held exactly, by :func:`~orders_etl.reconcile.to_minor_units`.
+    An amount spelled as the store writes it (digits, and a point before as many decimals
+    as its currency has) is converted column-wise: its digits are its minor units. Any
+    other spelling (other decimals, exponent notation, a sign) goes through Decimal, and is
+    refused if it cannot be held exactly, by :func:`~orders_etl.reconcile.to_minor_units`.
     """
     absent = texts.is_null().to_numpy(zero_copy_only=False)
-    point = pc.find_substring(texts, ".")
-    decimals = pc.if_else(pc.equal(point, -1), 0, pc.subtract(pc.subtract(pc.utf8_length(texts), point), 1))
-    plain = pc.fill_null(pc.match_substring_regex(texts, _PLAIN_AMOUNT), False).to_numpy(zero_copy_only=False)
-    fast = plain & (pc.fill_null(decimals, -1).to_numpy(zero_copy_only=False) == exponents)
+    digits = pc.replace_substring(texts, ".", "", max_replacements=1)
+    point = pc.fill_null(pc.find_substring(texts, "."), -1).to_numpy()
+    length = pc.fill_null(pc.binary_length(texts), 0).to_numpy()
+    decimals = np.where(point < 0, 0, length - point - 1)
+    fast = (
+        pc.fill_null(pc.ascii_is_decimal(digits), False).to_numpy(zero_copy_only=False)
+        & (length - (point >= 0) <= _INT64_DIGITS)
+        & (decimals == exponents)
+    )
     units = np.zeros(len(texts), dtype=np.int64)
-    digits = pc.replace_substring(texts.filter(pa.array(fast)), ".", "")
-    units[fast] = pc.cast(digits, pa.int64()).to_numpy(zero_copy_only=False)
+    units[fast] = pc.cast(digits.filter(pa.array(fast)), pa.int64()).to_numpy()
     slow = ~absent & ~fast
     if slow.any():
         amounts = texts.filter(pa.array(slow)).to_pylist()
@@ -197,12 +203,18 @@ def _minor_units(texts: pa.Array, exponents: np.ndarray) -> pd.arrays.IntegerArr
     return pd.arrays.IntegerArray(units, absent)
 
 
-def _side_frames(table: pa.Table) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Parsed lines as the Shopify frame and the ERP frame ``reconcile`` takes (money as
-    ``<name>_minor``); rows of any other source are left out."""
-    table = table.combine_chunks()
-    exponents = currency_exponents(table["currency"].to_numpy(zero_copy_only=False))
-    frame = pd.DataFrame(
+def _exponents(currency: pa.Array) -> np.ndarray:
+    """Each row's currency exponent (ValueError for an unknown or missing currency)."""
+    if currency.null_count:
+        raise ValueError("currency is missing on some rows")
+    encoded = currency.dictionary_encode()
+    return currency_exponents(encoded.dictionary.to_numpy(zero_copy_only=False))[encoded.indices.to_numpy()]
+
+
+def _frame(table: pa.Table) -> pd.DataFrame:
+    """Parsed lines of one side as the frame ``reconcile`` takes (money as ``<name>_minor``)."""
+    exponents = _exponents(table["currency"].combine_chunks())
+    return pd.DataFrame(
         {
             "external_id": table["external_id"].to_pandas(),
             "currency": table["currency"].to_pandas(),
@@ -217,10 +229,34 @@ def _side_frames(table: pa.Table) -> tuple[pd.DataFrame, pd.DataFrame]:
             },
         }
     )
-    source = table["source"].to_numpy(zero_copy_only=False)
-    erp = frame[source > 0].reset_index(drop=True)
+
+
+def _side_frames(table: pa.Table) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Parsed lines as the Shopify frame and the ERP frame; rows of other sources are left out."""
+    source = table["source"].to_numpy()
+    shopify = _frame(table.filter(pa.array(source == 0)))
+    erp = _frame(table.filter(pa.array(source > 0)))
     erp["source"] = _SOURCE_NAMES[source[source > 0]]
-    return frame[source == 0].reset_index(drop=True), erp
+    return shopify, erp
+
+
+@contextmanager
+def _lean_page_cache(conn: Connection) -> Iterator[None]:
+    """On SQLite, a small page cache on ``conn`` for the duration.
+
+    The store's connections keep a large page cache (see :mod:`orders_etl.store.engine`),
+    which the upsert gains from. Reconciliation reads each page about once: there a large
+    cache only holds memory, as much as the store is large, up to that size.
+    """
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    size = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+    conn.exec_driver_sql(f"PRAGMA cache_size = {_LEAN_PAGE_CACHE}")
+    try:
+        yield
+    finally:
+        conn.exec_driver_sql(f"PRAGMA cache_size = {int(size)}")
 
 
 class _ChunkReader:
@@ -239,21 +275,23 @@ class _ChunkReader:
         self.chunk_rows = chunk_rows
         self.select = _select_sql(self.engine.dialect.name)
         self.conn: Connection | None = None
+        self.stack = ExitStack()  # closes what open() opened, in reverse
         self.low: str | None = None  # where the next range starts (None: at the first key)
         self.done = False
 
     def open(self) -> None:
         if self.engine.dialect.name == "sqlite":  # deferred: a snapshot, and no write lock
-            self.conn = reading(self.engine).connect()
+            conn = reading(self.engine).connect()
         else:
-            self.conn = self.engine.connect().execution_options(
+            conn = self.engine.connect().execution_options(
                 isolation_level="REPEATABLE READ", postgresql_readonly=True
             )
-        self.conn.begin()
+        self.conn = self.stack.enter_context(conn)
+        self.stack.enter_context(conn.begin())
+        self.stack.enter_context(_lean_page_cache(conn))
 
     def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
+        self.stack.close()
 
     def next(self) -> tuple[pd.DataFrame, pd.DataFrame] | None:
         """The next chunk, as Shopify and ERP frames; None once every range was read."""
@@ -438,12 +476,12 @@ def aging_bucket(age_days: float) -> str:
 _TIMES = ("order_created_at", "first_detected_at", "last_detected_at")
 
 
-def _utc_times(values: list[Any], dialect: str) -> pd.Series:
-    """Times as the driver returns them (SQLite: canonical UTC text), as aware UTC, column-wise."""
+def _time_text(column: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[Any]:
+    """A time column as the store's canonical UTC text: what SQLite holds, and what
+    PostgreSQL is asked to write (whatever the session's TimeZone and DateStyle)."""
     if dialect == "sqlite":
-        times = pd.to_datetime(pd.Series(values, dtype=object), format=SQLITE_DATETIME_FORMAT)
-        return times.dt.tz_localize("UTC").dt.as_unit("us")
-    return pd.to_datetime(pd.Series(values, dtype=object), utc=True).dt.as_unit("us")
+        return sa.type_coerce(column, sa.Text())
+    return sa.func.to_char(sa.func.timezone("UTC", column), _CANONICAL_TIME)
 
 
 def open_exceptions(store: OrderStore, *, now: datetime, since: date | None = None) -> pd.DataFrame:
@@ -453,9 +491,19 @@ def open_exceptions(store: OrderStore, *, now: datetime, since: date | None = No
     has no creation time are always kept. Sorted by kind, then oldest first.
     """
     e = reconciliation_exceptions
-    # Times are read as the driver gives them and converted column-wise below: parsing them
-    # one by one costs seconds at tens of thousands of open exceptions.
-    raw = {name: sa.type_coerce(e.c[name], sa.Text()).label(name) for name in _TIMES}
+    if since is None:
+        return _open_exceptions(store, now)
+    start = datetime(since.year, since.month, since.day, tzinfo=UTC)
+    return _open_exceptions(store, now, sa.or_(e.c.order_created_at.is_(None), e.c.order_created_at >= start))
+
+
+def _open_exceptions(store: OrderStore, now: datetime, *where: sa.ColumnElement[bool]) -> pd.DataFrame:
+    """open_exceptions(), of the open ledger rows that also meet ``where``."""
+    e = reconciliation_exceptions
+    # Times are read as text and parsed column-wise below: a datetime object per value costs
+    # seconds at tens of thousands of open exceptions.
+    dialect = store.engine.dialect.name
+    raw = {name: _time_text(e.c[name], dialect).label(name) for name in _TIMES}
     query = (
         sa.select(
             e.c.external_id,
@@ -470,17 +518,16 @@ def open_exceptions(store: OrderStore, *, now: datetime, since: date | None = No
             raw["last_detected_at"],
         )
         .select_from(e.outerjoin(orders, orders.c.external_id == e.c.external_id))
-        .where(e.c.resolved_at.is_(None))
+        .where(e.c.resolved_at.is_(None), *where)
     )
-    if since is not None:
-        start = datetime(since.year, since.month, since.day, tzinfo=UTC)
-        query = query.where(sa.or_(e.c.order_created_at.is_(None), e.c.order_created_at >= start))
-    with store.engine.connect() as conn:
+    with store.engine.connect() as conn, _lean_page_cache(conn):
         rows = conn.execute(query).all()
     columns = [c.name for c in query.selected_columns]
-    frame = pd.DataFrame(rows, columns=columns).astype({"difference": object})
+    # Plain tuples: pandas probes each Row for attributes, which costs more than the query.
+    frame = pd.DataFrame(list(map(tuple, rows)), columns=columns).astype({"difference": object})
     for name in _TIMES:
-        frame[name] = _utc_times(frame[name].tolist(), store.engine.dialect.name)
+        utc = pd.to_datetime(frame[name].astype(object), format=SQLITE_DATETIME_FORMAT)
+        frame[name] = utc.dt.tz_localize("UTC").dt.as_unit("us")
     # Whole microseconds over 10**6, as timedelta.total_seconds() computes them: the same floats.
     microseconds = (pd.Timestamp(now).as_unit("us") - frame["first_detected_at"]).to_numpy().astype(np.int64)
     ages = microseconds / 10**6 / 86_400
@@ -518,6 +565,34 @@ def worst_exceptions(frame: pd.DataFrame, limit: int = WORST_LIMIT) -> pd.DataFr
         ranked += [(rank, currency, *item) for rank, item in enumerate(sorted(items))]
     order = [row for *_, row in sorted(ranked)] + [row for _, row in sorted(without_amount)]
     return frame.iloc[order[:limit]].reset_index(drop=True)
+
+
+def _worst_open_exceptions(store: OrderStore, now: datetime, limit: int) -> pd.DataFrame:
+    """``worst_exceptions(open_exceptions(store, now=now), limit)``, without reading every
+    open exception: only those that can be among the worst are read.
+
+    In worst_exceptions' order, the rows of one currency and kind come largest difference
+    first, then oldest first, then by external_id (age only ever breaks ties the same way
+    as first_detected_at). So whatever makes the first ``limit`` rows is among the first
+    ``limit`` of its currency and kind in that order, which the database finds.
+    """
+    if store.engine.dialect.name == "sqlite":
+        # Text: the ledger writes each difference at its currency's exponent, where the
+        # longer magnitude is the larger and equal lengths compare as text.
+        magnitude = "ltrim(difference, '-')"
+        largest_first = f"length({magnitude}) DESC, {magnitude} DESC"
+    else:
+        largest_first = "abs(difference) DESC"
+    ranked = (
+        "SELECT external_id, kind, ROW_NUMBER() OVER (PARTITION BY currency, kind, difference IS NULL "
+        f"ORDER BY {largest_first}, first_detected_at, external_id) AS place "
+        "FROM reconciliation_exceptions WHERE resolved_at IS NULL"
+    )
+    candidates = sa.text(f"SELECT external_id, kind FROM ({ranked}) AS ranked WHERE place <= :limit")
+    candidates = candidates.bindparams(limit=limit).columns(external_id=sa.Text(), kind=sa.Text())
+    e = reconciliation_exceptions
+    frame = _open_exceptions(store, now, sa.tuple_(e.c.external_id, e.c.kind).in_(candidates))
+    return worst_exceptions(frame, limit)
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -594,7 +669,6 @@ def run_reconciliation(
                 at_stake[currency] = at_stake.get(currency, Decimal(0)) + amount
         new, resolved, reopened = _merge_ledger(conn, staged, now)
         _write_summary(conn, run.summary(), now)
-    opened = open_exceptions(store, now=now)
     return ReconciliationOutcome(
         now=now,
         counts=dict(run.counts),
@@ -607,5 +681,5 @@ def run_reconciliation(
         pending_sync=run.pending_sync,
         shopify_orders=run.shopify_orders,
         erp_orders=run.erp_orders,
-        worst=worst_exceptions(opened, worst_limit),
+        worst=_worst_open_exceptions(store, now, worst_limit),
     )

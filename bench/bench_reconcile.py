@@ -1,7 +1,7 @@
 """Benchmark of the reconciliation: N orders per side with planted differences.
 
-    PYTHONPATH=. python bench/bench_reconcile.py compare [--n 900000] [--seed 7] [--decimal]
-    PYTHONPATH=. python bench/bench_reconcile.py store [--sizes 100000,1000000]
+    PYTHONPATH=. python bench/bench_reconcile.py [--n 900000] [--seed 7] [--decimal]
+    PYTHONPATH=. python bench/bench_reconcile.py --store [--sizes 100000,1000000]
         [--stores sqlite,postgresql] [--pg-url postgresql+psycopg://postgres@127.0.0.1:5432/test]
 
 Both modes build the same plan: N Shopify orders in four currencies of exponents 0, 2 and 3,
@@ -9,14 +9,14 @@ and an ERP side from it with, planted: 0.5 % of orders missing in the ERP, 0.5 %
 orders, 2 % amount differences (total, tax or refund, from one minor unit up) and 3 %
 payment-status differences. Besides (none of these may be reported): 10 % of the
 Shopify-authorized orders have no ERP payment yet, 5 % of ERP rows report no tax (not
-compared); in ``store`` mode also 1 % of the orders are in a flat-file export too, with a
+compared); with ``--store`` also 1 % of the orders are in a flat-file export too, with a
 wrong total (Business Central wins), 0.1 % of the orders missing in the ERP were deleted in
 Shopify, and 0.1 % are younger than the grace period (pending sync).
 
-``compare`` times the pure ``reconcile()`` call on in-memory frames (money as integer minor
+By default it times the pure ``reconcile()`` call on in-memory frames (money as integer minor
 units, or ``--decimal`` as Decimal objects); peak RSS is the whole process's.
 
-``store`` fills, per size and store, an order store through ``OrderStore.upsert_frames``
+``--store`` fills, per size and store, an order store through ``OrderStore.upsert_frames``
 (frames of canonical text, built column-wise), then times the whole ``run_reconciliation``
 (load from the store, compare, ledger and summary written) in a fresh process: ``cold``
 (empty ledger) and ``rerun`` (the ledger already holds the same exceptions: nothing new,
@@ -353,7 +353,7 @@ def child_run(args: argparse.Namespace) -> None:
     from orders_etl.store import OrderStore
     from orders_etl.store.reconciliation import run_reconciliation
 
-    store = OrderStore.from_url(args.url)
+    store = OrderStore.from_url(args.child)
     figures: dict = {"baseline_rss_mb": round(peak_rss_mb(), 1)}
     if not args.baseline:
         started = time.perf_counter()
@@ -371,7 +371,7 @@ def child_run(args: argparse.Namespace) -> None:
 
 
 def _in_child(url: str, *extra: str) -> dict:
-    command = [sys.executable, __file__, "run", "--url", url, "--now", NOW.isoformat(), *extra]
+    command = [sys.executable, __file__, "--child", url, "--now", NOW.isoformat(), *extra]
     done = subprocess.run(command, capture_output=True, text=True, check=False, env=os.environ)
     if done.returncode:
         raise RuntimeError(f"reconciliation run failed:\n{done.stderr}")
@@ -469,25 +469,22 @@ def store_mode(args: argparse.Namespace) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    modes = parser.add_subparsers(dest="mode", required=True)
-    compare = modes.add_parser("compare", help="time reconcile() over in-memory frames")
-    compare.add_argument("--n", type=int, default=900_000)
-    compare.add_argument("--seed", type=int, default=7)
-    compare.add_argument("--decimal", action="store_true", help="money as Decimal objects")
-    store = modes.add_parser("store", help="fill stores, time run_reconciliation cold and re-run")
-    store.add_argument("--sizes", default="100000,1000000")
-    store.add_argument("--stores", default="sqlite,postgresql")
-    store.add_argument("--pg-url", default=DEFAULT_PG_URL)
-    store.add_argument("--seed", type=int, default=7)
-    run = modes.add_parser("run", help=argparse.SUPPRESS)  # one timed run, in a fresh process
-    run.add_argument("--url", required=True)
-    run.add_argument("--now", required=True)
-    run.add_argument("--baseline", action="store_true")
+    parser.add_argument("--n", type=int, default=900_000, help="compare: orders per side")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--decimal", action="store_true", help="compare: money as Decimal objects")
+    parser.add_argument("--store", action="store_true", help="fill stores, time run_reconciliation")
+    parser.add_argument("--sizes", default="100000,1000000", help="store: orders per side")
+    parser.add_argument("--stores", default="sqlite,postgresql")
+    parser.add_argument("--pg-url", default=DEFAULT_PG_URL)
+    # One timed run in a fresh process (what --store starts for each run).
+    parser.add_argument("--child", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--now", help=argparse.SUPPRESS)
+    parser.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.mode == "run":
+    if args.child:
         child_run(args)
         return
-    ok = compare_mode(args) if args.mode == "compare" else store_mode(args)
+    ok = store_mode(args) if args.store else compare_mode(args)
     if not ok:
         sys.exit(1)
 

@@ -2,7 +2,8 @@
 
 ``reconcile(shopify, erp, now=...)`` matches both sides on ``external_id`` (an ERP record that
 refers to a Shopify order already carries that order's id) and returns per-order exceptions and
-a summary per day × currency. Nothing here reads or writes the store; see
+a summary per day × currency. :class:`Reconciler` does the same over sides too large for
+memory, fed in chunks split on ``external_id``. Nothing here reads or writes the store; see
 :mod:`orders_etl.store.reconciliation` for the ledger built on top.
 
 The rules, each one a decision a reader of the report relies on:
@@ -753,30 +754,30 @@ def _local_days(ns: np.ndarray, timezone: str) -> np.ndarray:
     return local.tz_localize(None).asi8 // _DAY_NS
 
 
-def _exact_sums(groups: np.ndarray, values: np.ndarray, size: int) -> list[int]:
-    """Exact integer sums per group (int64 when it cannot overflow, Python ints otherwise)."""
+def _exact_sums(groups: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
+    """Exact integer sums per group: int64 when no sum can overflow, else Python ints (object)."""
     if len(values) == 0:
-        return [0] * size
+        return np.zeros(size, dtype=np.int64)
     if int(np.abs(values).max()) * len(values) < 2**63:
         sums = np.zeros(size, dtype=np.int64)
         np.add.at(sums, groups, values)
-        return sums.tolist()
+        return sums
     exact = [0] * size
     for group, value in zip(groups.tolist(), values.tolist(), strict=True):
         exact[group] += value
-    return exact
+    return np.array(exact, dtype=object)
 
 
-# A summary in the making: per (day number, currency) the counts, and the totals as Python ints
-# in minor units (exact however many chunks add up).
+# A summary in the making: per (day number, currency) the counts and the totals in minor units
+# (int64 while no total can overflow it, Python ints beyond: exact however many chunks add up).
 _SUMMARY_COUNTS: tuple[str, ...] = ("shopify_orders", "erp_orders", "matched", "pending_sync", *KINDS)
 _SUMMARY_PART_EMPTY = pd.DataFrame(
     {
         "day": pd.Series(dtype=np.int64),
         "currency": pd.Series(dtype=object),
         **{name: pd.Series(dtype=np.int64) for name in _SUMMARY_COUNTS},
-        "shopify_total": pd.Series(dtype=object),
-        "erp_total": pd.Series(dtype=object),
+        "shopify_total": pd.Series(dtype=np.int64),
+        "erp_total": pd.Series(dtype=np.int64),
     }
 )
 _COUNTED_AS = {"shopify": "shopify_orders", "erp": "erp_orders", "pending": "pending_sync"}
@@ -800,10 +801,8 @@ def _summary_part(
                 _COUNTED_AS.get(name, name): np.bincount(groups[name], minlength=size).astype(np.int64)
                 for name in parts
             },
-            "shopify_total": pd.Series(
-                _exact_sums(groups["shopify"], parts["shopify"][2], size), dtype=object
-            ),
-            "erp_total": pd.Series(_exact_sums(groups["erp"], parts["erp"][2], size), dtype=object),
+            "shopify_total": _exact_sums(groups["shopify"], parts["shopify"][2], size),
+            "erp_total": _exact_sums(groups["erp"], parts["erp"][2], size),
         }
     )
     return frame.loc[:, list(_SUMMARY_PART_EMPTY.columns)]
@@ -813,6 +812,10 @@ def _add_summary_parts(total: pd.DataFrame, part: pd.DataFrame) -> pd.DataFrame:
     if total.empty:
         return part
     both = pd.concat([total, part], ignore_index=True)
+    for name in ("shopify_total", "erp_total"):
+        column = both[name]
+        if column.dtype != object and max(-int(column.min()), int(column.max())) * len(column) >= 2**63:
+            both[name] = column.astype(object)  # Python ints: exact however large the totals grow
     return both.groupby(["day", "currency"], sort=True, as_index=False).sum()
 
 

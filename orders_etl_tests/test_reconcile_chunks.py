@@ -18,6 +18,7 @@ from orders_etl.model import OrderRecord
 from orders_etl.reconcile import KINDS, MONEY_KINDS, ReconcileConfig, reconcile
 from orders_etl.store import OrderStore
 from orders_etl.store import reconciliation as recon
+from orders_etl.store.engine import create_store_engine
 from orders_etl.store.reconciliation import open_exceptions, run_reconciliation, worst_exceptions
 from orders_etl.store.schema import (
     orders,
@@ -243,3 +244,31 @@ def test_the_worst_are_those_of_all_open_exceptions(
     later = NOW + timedelta(hours=5)
     expected = worst_exceptions(open_exceptions(store, now=later), limit)
     pd.testing.assert_frame_equal(recon._worst_open_exceptions(store, later, limit), expected)
+
+
+def test_an_empty_store(store: OrderStore) -> None:
+    outcome = run_reconciliation(store, now=NOW, chunk_rows=1)
+    assert (outcome.open, outcome.matched, outcome.shopify_orders, outcome.erp_orders) == (0, 0, 0, 0)
+    assert outcome.worst.empty and store.read_table(reconciliation_summary).empty
+
+
+@pytest.mark.postgres
+def test_the_session_time_zone_changes_nothing(pg_url: str) -> None:
+    # Times cross midnight in UTC, Tokyo and New York alike.
+    records = [rec(str(n), created_at=CREATED + timedelta(hours=5 * n)) for n in range(8)]
+    expected = {}
+    for options in ("", " -cTimeZone=America/New_York"):
+        url = sa.make_url(pg_url)
+        url = url.update_query_dict({"options": url.query["options"] + options})
+        store = OrderStore(create_store_engine(url))
+        try:
+            reset(store)
+            store.upsert("shopify", records)
+            off = [r.model_copy(update={"total_amount": Decimal("1.00")}) for r in records[::2]]
+            store.upsert("business_central", off)
+            expected[options] = results(store, 3, config=ReconcileConfig(timezone="Asia/Tokyo"))
+        finally:
+            store.dispose()
+    first, second = expected.values()
+    assert_same(second, first)
+    assert_as_in_memory(store, first, ReconcileConfig(timezone="Asia/Tokyo"))

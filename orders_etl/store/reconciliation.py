@@ -114,16 +114,11 @@ class ReconciliationOutcome:
 
 
 _ERP_SOURCES = [s.value for s in ERP_SOURCES]
-# The source as a small integer: its index in _SOURCE_NAMES, -1 for any other source.
-_SOURCE_NAMES = np.array([Source.SHOPIFY.value, *_ERP_SOURCES], dtype=object)
-_SOURCE_CODE = (
-    "CASE source " + " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(_SOURCE_NAMES)) + " ELSE -1 END"
-)
 # What is read per order, in this order. updated_at only where created_at is missing (its one
 # use: the day of an order without creation time); deleted_at only matters for being set.
 _TEXT_COLUMNS = ("external_id", "currency", "payment_status")
 _TIME_COLUMNS = ("created_at", "updated_at", "deleted_at")
-_COLUMNS = ("source", "external_id", "currency", *_TIME_COLUMNS, "payment_status", *MONEY_COLUMNS)
+_COLUMNS = ("external_id", "currency", *_TIME_COLUMNS, "payment_status", *MONEY_COLUMNS)
 
 
 def _csv_options(dialect: str) -> dict[str, Any]:
@@ -131,7 +126,7 @@ def _csv_options(dialect: str) -> dict[str, Any]:
     single quotes (doubled inside), so any external_id survives, and NULL bare, so the text
     'NULL' stays text. Times: SQLite's canonical UTC text, or PostgreSQL's own with +00."""
     time = pa.timestamp("us") if dialect == "sqlite" else pa.timestamp("us", tz="UTC")
-    types = {"source": pa.int8(), **dict.fromkeys(_TIME_COLUMNS, time)}
+    types = dict.fromkeys(_TIME_COLUMNS, time)
     return {
         "read_options": pa_csv.ReadOptions(column_names=list(_COLUMNS)),
         "parse_options": pa_csv.ParseOptions(quote_char="'", newlines_in_values=True),
@@ -149,7 +144,8 @@ _INT64_DIGITS = 18
 
 
 def _select_sql(dialect: str) -> str:
-    """The query rendering the source_orders rows of one key range (``{where}``) as CSV lines.
+    """The query rendering one source's (``source``) rows of one key range (``{where}``) as
+    CSV lines.
 
     Text, because building a Python object per value is what costs most at millions of
     orders: the database writes the lines in C and Arrow parses them in C++. Amounts come as
@@ -162,9 +158,12 @@ def _select_sql(dialect: str) -> str:
     if dialect == "sqlite":
         # printf's %Q quotes text as SQL does ('it''s') and writes NULL bare. All lines come as
         # one value: the driver builds one bytes object instead of one object per value.
-        line = f"printf('%d{',%Q' * (len(_COLUMNS) - 1)}', {_SOURCE_CODE}, {values})"
-        return f"SELECT CAST(group_concat({line}, char(10)) AS BLOB) FROM source_orders WHERE {{where}}"
-    select = f"SELECT {_SOURCE_CODE}, {values} FROM source_orders WHERE {{where}}"
+        line = f"printf('{','.join(['%Q'] * len(_COLUMNS))}', {values})"
+        return (
+            f"SELECT CAST(group_concat({line}, char(10)) AS BLOB) FROM source_orders "
+            "WHERE source = :source AND {where}"
+        )
+    select = f"SELECT {values} FROM source_orders WHERE source = %(source)s AND {{where}}"
     quoted = ", ".join(_TEXT_COLUMNS)  # numbers and times never hold a quote, nor spell NULL
     return f"COPY ({select}) TO STDOUT WITH (FORMAT csv, QUOTE '''', NULL 'NULL', FORCE_QUOTE ({quoted}))"
 
@@ -224,15 +223,6 @@ def _frame(table: pa.Table) -> pd.DataFrame:
             },
         }
     )
-
-
-def _side_frames(table: pa.Table) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Parsed lines as the Shopify frame and the ERP frame; rows of other sources are left out."""
-    source = table["source"].to_numpy()
-    shopify = _frame(table.filter(pa.array(source == 0)))
-    erp = _frame(table.filter(pa.array(source > 0)))
-    erp["source"] = _SOURCE_NAMES[source[source > 0]]
-    return shopify, erp
 
 
 @contextmanager
@@ -301,13 +291,17 @@ class _ChunkReader:
             sa.text(f"SELECT external_id FROM source_orders {after}ORDER BY external_id LIMIT 1 OFFSET :n"),
             {"low": self.low, "n": self.chunk_rows},
         ).scalar()
-        lines = self._lines(self.low, high)
+        # One source at a time: its rows of the range lie together in the primary key's order,
+        # which SQLite reads a fifth faster than the mix of all sources.
+        sides = {
+            source: self._read(source, self.low, high) for source in (Source.SHOPIFY.value, *_ERP_SOURCES)
+        }
         self.low, self.done = high, high is None
-        # No line at all (an empty store): one empty line, which Arrow reads as no row.
-        return _side_frames(pa_csv.read_csv(io.BytesIO(lines or b"\n"), **self.csv_options))
+        erp = pd.concat([sides[source].assign(source=source) for source in _ERP_SOURCES], ignore_index=True)
+        return sides[Source.SHOPIFY.value], erp
 
-    def _lines(self, low: str | None, high: str | None) -> bytes | None:
-        """The CSV lines of the rows with ``low <= external_id < high`` (None: unbounded)."""
+    def _read(self, source: str, low: str | None, high: str | None) -> pd.DataFrame:
+        """The rows of ``source`` with ``low <= external_id < high`` (None: unbounded)."""
         assert self.conn is not None
         bounds = {"low": low, "high": high}
         sqlite = self.engine.dialect.name == "sqlite"
@@ -317,15 +311,18 @@ class _ChunkReader:
             if bounds[name] is not None
         )
         select = self.select.format(where=where or "true")
-        params = {name: value for name, value in bounds.items() if value is not None}
+        params = {"source": source, **{name: value for name, value in bounds.items() if value is not None}}
         if sqlite:
-            return self.conn.execute(sa.text(select), params).scalar()
-        lines = bytearray()
-        driver = self.conn.connection.driver_connection
-        with driver.cursor() as cursor, cursor.copy(select, params or None) as copy:  # type: ignore[union-attr]
-            for block in copy:
-                lines += block
-        return bytes(lines)
+            lines = self.conn.execute(sa.text(select), params).scalar()
+        else:
+            buffer = bytearray()
+            driver = self.conn.connection.driver_connection
+            with driver.cursor() as cursor, cursor.copy(select, params) as copy:  # type: ignore[union-attr]
+                for block in copy:
+                    buffer += block
+            lines = bytes(buffer)
+        # No line at all: one empty line, which Arrow reads as no row.
+        return _frame(pa_csv.read_csv(io.BytesIO(lines or b"\n"), **self.csv_options))
 
 
 def _chunks(store: OrderStore, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:

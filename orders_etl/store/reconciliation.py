@@ -139,10 +139,6 @@ def _csv_options(dialect: str) -> dict[str, Any]:
     }
 
 
-# Decimal digits that always fit in int64.
-_INT64_DIGITS = 18
-
-
 def _select_sql(dialect: str) -> str:
     """The query rendering one source's (``source``) rows of one key range (``{where}``) as
     CSV lines.
@@ -166,6 +162,9 @@ def _select_sql(dialect: str) -> str:
     select = f"SELECT {values} FROM source_orders WHERE source = %(source)s AND {{where}}"
     quoted = ", ".join(_TEXT_COLUMNS)  # numbers and times never hold a quote, nor spell NULL
     return f"COPY ({select}) TO STDOUT WITH (FORMAT csv, QUOTE '''', NULL 'NULL', FORCE_QUOTE ({quoted}))"
+
+
+_INT64_DIGITS = 18  # decimal digits that always fit in int64
 
 
 def _minor_units(texts: pa.Array, exponents: np.ndarray) -> pd.arrays.IntegerArray:

@@ -166,9 +166,13 @@ def build_plan(n: int, seed: int, extras: bool) -> Plan:
     def erp(values: np.ndarray, extra_values: np.ndarray) -> np.ndarray:
         return np.concatenate([values[keep], extra_values])
 
+    def numbers(prefix: str, start: int) -> np.ndarray:
+        """Order numbers: only the store shows them (in memory, the ids will do)."""
+        return np.array([f"{prefix}{start + i}" for i in range(n)], dtype=object) if extras else ids
+
     shopify = Side(
         ids=ids,
-        numbers=np.array([f"#{1000 + i}" for i in range(n)], dtype=object),
+        numbers=numbers("#", 1000),
         currency=cur,
         total=total,
         tax=tax,
@@ -181,7 +185,7 @@ def build_plan(n: int, seed: int, extras: bool) -> Plan:
     m = int(keep.sum()) + extra
     business_central = Side(
         ids=erp(ids, extra_ids),
-        numbers=erp(np.array([f"BC-{i}" for i in range(n)], dtype=object), extra_ids),
+        numbers=erp(numbers("BC-", 0), extra_ids),
         currency=erp(cur, extra_cur),
         total=erp(erp_total, extra_total),
         tax=erp(erp_tax, extra_total * 19 // 119),

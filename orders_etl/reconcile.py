@@ -2,7 +2,8 @@
 
 ``reconcile(shopify, erp, now=...)`` matches both sides on ``external_id`` (an ERP record that
 refers to a Shopify order already carries that order's id) and returns per-order exceptions and
-a summary per day × currency. Nothing here reads or writes the store; see
+a summary per day × currency. :class:`Reconciler` does the same over sides too large for
+memory, fed in chunks split on ``external_id``. Nothing here reads or writes the store; see
 :mod:`orders_etl.store.reconciliation` for the ledger built on top.
 
 The rules, each one a decision a reader of the report relies on:
@@ -527,6 +528,133 @@ def _payment_text(codes: np.ndarray) -> list[str | None]:
 # The comparison
 
 
+@dataclass(frozen=True)
+class Found:
+    """What one chunk held: its exceptions (as in :class:`ReconcileResult`) and pending orders."""
+
+    exceptions: pd.DataFrame
+    pending: pd.DataFrame
+
+
+class Reconciler:
+    """Reconciles both sides fed in chunks, so that a store of any size fits in memory.
+
+    A chunk is a pair of frames holding *every* record, on both sides, of the orders it holds:
+    chunks split the orders by ``external_id``, so matching never crosses two chunks and
+    comparing chunk by chunk finds exactly what comparing everything at once would.
+    :meth:`add` compares a chunk and returns its exceptions; the counts and the per
+    day × currency summary add up across chunks (integers, exact) until :meth:`summary`.
+    """
+
+    def __init__(self, *, now: datetime, config: ReconcileConfig = DEFAULT_CONFIG) -> None:
+        if now.tzinfo is None or now.utcoffset() is None:
+            raise ValueError("now must be timezone-aware")
+        self.config = config
+        self._cutoff_ns = pd.Timestamp(now).tz_convert("UTC").as_unit("ns").value - _ns(config.grace)
+        self._summary = _SUMMARY_PART_EMPTY
+        self.matched = 0  # orders on both sides without any exception
+        self.compared = 0  # orders on both sides
+        self.shopify_orders = 0  # Shopify orders counted (those deleted and absent from the ERP are not)
+        self.erp_orders = 0  # ERP orders counted (one per order, deleted ones not)
+        self.deleted_in_shopify = 0
+        self.pending_sync = 0
+        self.counts = dict.fromkeys(KINDS, 0)  # exceptions per kind
+
+    def add(self, shopify: pd.DataFrame, erp: pd.DataFrame) -> Found:
+        """Compare one chunk (see the module docstring for the rules); returns what it found."""
+        shop = _prepare(shopify, "shopify")
+        books = _prepare(erp, "erp")
+        currencies = _share_currencies(shop, books)
+        exponents = currency_exponents(currencies)
+        match = _match(shop, books)
+        found = _Exceptions(currencies, exponents)
+
+        # Shopify orders without ERP record: deleted ones are out, recent ones pending, others missing.
+        unpaired = match.shop_unpaired
+        deleted_unpaired = unpaired[shop.deleted[unpaired]]
+        unpaired = unpaired[~shop.deleted[unpaired]]
+        recent = shop.created_ns[unpaired] > self._cutoff_ns
+        pending, missing = unpaired[recent], unpaired[~recent]
+        # The amount at stake is the whole order: the absent side counts as 0.
+        total, present = shop.money["total_amount"]
+        found.add(
+            "missing_in_erp",
+            shop,
+            missing,
+            found.money_text(total[missing], present[missing], shop.currency[missing]),
+            [None] * len(missing),
+            total[missing],
+        )
+        total, present = books.money["total_amount"]
+        only = match.erp_only
+        found.add(
+            "missing_in_shopify",
+            books,
+            only,
+            [None] * len(only),
+            found.money_text(total[only], present[only], books.currency[only]),
+            -total[only],
+        )
+
+        flagged = _compare_pairs(shop, books, match, found, self.config, currencies)
+        exceptions = found.frame()
+
+        # Both halves of a pair count on the Shopify order's day: ERP dates are often date-only
+        # and would put the ERP half on another day.
+        erp_day = books.day_ns.copy()
+        erp_day[match.paired_erp] = shop.day_ns[match.paired_shop]
+        shop_rows = np.setdiff1d(np.arange(len(shop)), deleted_unpaired, assume_unique=True)
+        kind = exceptions["kind"].to_numpy()
+        part = _summary_part(
+            {
+                "shopify": (
+                    shop.day_ns[shop_rows],
+                    shop.currency[shop_rows],
+                    shop.money["total_amount"][0][shop_rows],
+                ),
+                "erp": (
+                    erp_day[match.erp_rows],
+                    books.currency[match.erp_rows],
+                    books.money["total_amount"][0][match.erp_rows],
+                ),
+                "matched": _where(shop, match.paired_shop[~flagged]),
+                "pending": _where(shop, pending),
+                **{
+                    name: (
+                        exceptions["_day_ns"].to_numpy()[kind == name],
+                        exceptions["_currency"].to_numpy()[kind == name],
+                    )
+                    for name in KINDS
+                },
+            },
+            currencies,
+            self.config.timezone,
+        )
+        self._summary = _add_summary_parts(self._summary, part)
+        self.matched += int((~flagged).sum())
+        self.compared += len(match.paired_shop)
+        self.shopify_orders += len(shop_rows)
+        self.erp_orders += len(match.erp_rows)
+        self.deleted_in_shopify += len(deleted_unpaired)
+        self.pending_sync += len(pending)
+        for name in KINDS:
+            self.counts[name] += int((kind == name).sum())
+        return Found(
+            exceptions=exceptions.drop(columns=["_day_ns", "_currency"]),
+            pending=pd.DataFrame(
+                {
+                    "external_id": shop.ids.iloc[pending].to_numpy(dtype=object),
+                    "currency": currencies[shop.currency[pending]],
+                    "order_created_at": _timestamps(shop.created_ns[pending]),
+                }
+            ),
+        )
+
+    def summary(self) -> pd.DataFrame:
+        """The summary per day × currency of every chunk so far (columns :data:`SUMMARY_COLUMNS`)."""
+        return _summary_frame(self._summary)
+
+
 def reconcile(
     shopify: pd.DataFrame,
     erp: pd.DataFrame,
@@ -535,94 +663,17 @@ def reconcile(
     config: ReconcileConfig = DEFAULT_CONFIG,
 ) -> ReconcileResult:
     """Compare the Shopify side with the ERP side (see the module docstring for the rules)."""
-    if now.tzinfo is None or now.utcoffset() is None:
-        raise ValueError("now must be timezone-aware")
-    shop = _prepare(shopify, "shopify")
-    books = _prepare(erp, "erp")
-    currencies = _share_currencies(shop, books)
-    exponents = currency_exponents(currencies)
-    match = _match(shop, books)
-    found = _Exceptions(currencies, exponents)
-
-    # Shopify orders without ERP record: deleted ones are out, recent ones pending, others missing.
-    unpaired = match.shop_unpaired
-    deleted_unpaired = unpaired[shop.deleted[unpaired]]
-    unpaired = unpaired[~shop.deleted[unpaired]]
-    cutoff_ns = pd.Timestamp(now).tz_convert("UTC").as_unit("ns").value - _ns(config.grace)
-    recent = shop.created_ns[unpaired] > cutoff_ns
-    pending, missing = unpaired[recent], unpaired[~recent]
-    # The amount at stake is the whole order: the absent side counts as 0.
-    total, present = shop.money["total_amount"]
-    found.add(
-        "missing_in_erp",
-        shop,
-        missing,
-        found.money_text(total[missing], present[missing], shop.currency[missing]),
-        [None] * len(missing),
-        total[missing],
-    )
-    total, present = books.money["total_amount"]
-    only = match.erp_only
-    found.add(
-        "missing_in_shopify",
-        books,
-        only,
-        [None] * len(only),
-        found.money_text(total[only], present[only], books.currency[only]),
-        -total[only],
-    )
-
-    flagged = _compare_pairs(shop, books, match, found, config, currencies)
-    exceptions = found.frame()
-
-    # Both halves of a pair count on the Shopify order's day: ERP dates are often date-only
-    # and would put the ERP half on another day.
-    erp_day = books.day_ns.copy()
-    erp_day[match.paired_erp] = shop.day_ns[match.paired_shop]
-    shop_rows = np.setdiff1d(np.arange(len(shop)), deleted_unpaired, assume_unique=True)
-    summary = _summary(
-        {
-            "shopify": (
-                shop.day_ns[shop_rows],
-                shop.currency[shop_rows],
-                shop.money["total_amount"][0][shop_rows],
-            ),
-            "erp": (
-                erp_day[match.erp_rows],
-                books.currency[match.erp_rows],
-                books.money["total_amount"][0][match.erp_rows],
-            ),
-            "matched": _where(shop, match.paired_shop[~flagged]),
-            "pending": _where(shop, pending),
-            **{
-                kind: (
-                    exceptions["_day_ns"].to_numpy()[mask],
-                    exceptions["_currency"].to_numpy()[mask],
-                )
-                for kind in KINDS
-                for mask in [exceptions["kind"].to_numpy() == kind]
-            },
-        },
-        currencies,
-        exponents,
-        config.timezone,
-    )
-    pending_frame = pd.DataFrame(
-        {
-            "external_id": shop.ids.iloc[pending].to_numpy(dtype=object),
-            "currency": currencies[shop.currency[pending]],
-            "order_created_at": _timestamps(shop.created_ns[pending]),
-        }
-    )
+    run = Reconciler(now=now, config=config)
+    found = run.add(shopify, erp)
     return ReconcileResult(
-        exceptions=exceptions.drop(columns=["_day_ns", "_currency"]),
-        summary=summary,
-        pending=pending_frame,
-        matched=int((~flagged).sum()),
-        compared=len(match.paired_shop),
-        shopify_orders=len(shop_rows),
-        erp_orders=len(match.erp_rows),
-        deleted_in_shopify=len(deleted_unpaired),
+        exceptions=found.exceptions,
+        summary=run.summary(),
+        pending=found.pending,
+        matched=run.matched,
+        compared=run.compared,
+        shopify_orders=run.shopify_orders,
+        erp_orders=run.erp_orders,
+        deleted_in_shopify=run.deleted_in_shopify,
     )
 
 
@@ -703,56 +754,87 @@ def _local_days(ns: np.ndarray, timezone: str) -> np.ndarray:
     return local.tz_localize(None).asi8 // _DAY_NS
 
 
-def _exact_sums(groups: np.ndarray, values: np.ndarray, size: int) -> list[int]:
-    """Exact integer sums per group (int64 when it cannot overflow, Python ints otherwise)."""
+def _exact_sums(groups: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
+    """Exact integer sums per group: int64 when no sum can overflow, else Python ints (object)."""
     if len(values) == 0:
-        return [0] * size
+        return np.zeros(size, dtype=np.int64)
     if int(np.abs(values).max()) * len(values) < 2**63:
         sums = np.zeros(size, dtype=np.int64)
         np.add.at(sums, groups, values)
-        return sums.tolist()
+        return sums
     exact = [0] * size
     for group, value in zip(groups.tolist(), values.tolist(), strict=True):
         exact[group] += value
-    return exact
+    return np.array(exact, dtype=object)
 
 
-def _summary(
-    parts: dict[str, tuple[np.ndarray, ...]],
-    currencies: np.ndarray,
-    exponents: np.ndarray,
-    timezone: str,
+# A summary in the making: per (day number, currency) the counts and the totals in minor units
+# (int64 while no total can overflow it, Python ints beyond: exact however many chunks add up).
+_SUMMARY_COUNTS: tuple[str, ...] = ("shopify_orders", "erp_orders", "matched", "pending_sync", *KINDS)
+_SUMMARY_PART_EMPTY = pd.DataFrame(
+    {
+        "day": pd.Series(dtype=np.int64),
+        "currency": pd.Series(dtype=object),
+        **{name: pd.Series(dtype=np.int64) for name in _SUMMARY_COUNTS},
+        "shopify_total": pd.Series(dtype=np.int64),
+        "erp_total": pd.Series(dtype=np.int64),
+    }
+)
+_COUNTED_AS = {"shopify": "shopify_orders", "erp": "erp_orders", "pending": "pending_sync"}
+
+
+def _summary_part(
+    parts: dict[str, tuple[np.ndarray, ...]], currencies: np.ndarray, timezone: str
 ) -> pd.DataFrame:
-    """Counts and totals per day × currency (``parts``: name -> day_ns, currency[, amounts])."""
+    """Counts and totals per day × currency of one chunk (``parts``: name -> day_ns, currency[, amounts])."""
     width = max(len(currencies), 1)
     keys = [_local_days(part[0], timezone) * width + part[1] for part in parts.values()]
     group, unique = pd.factorize(np.concatenate(keys), sort=True)
     size = len(unique)
     bounds = np.cumsum([0, *(len(k) for k in keys)])
     groups = {name: group[bounds[i] : bounds[i + 1]] for i, name in enumerate(parts)}
-    currency = unique % width
-    exponent = exponents[currency] if size else np.zeros(0, dtype=np.int64)
-    shopify_sum = _exact_sums(groups["shopify"], parts["shopify"][2], size)
-    erp_sum = _exact_sums(groups["erp"], parts["erp"][2], size)
-
-    def count(name: str) -> np.ndarray:
-        return np.bincount(groups[name], minlength=size)
-
     frame = pd.DataFrame(
         {
-            "day": [date(1970, 1, 1) + timedelta(days=int(d)) for d in unique // width],
-            "currency": currencies[currency] if size else np.zeros(0, dtype=object),
-            "shopify_orders": count("shopify"),
-            "erp_orders": count("erp"),
+            "day": unique // width,
+            "currency": currencies[unique % width] if size else np.zeros(0, dtype=object),
+            **{
+                _COUNTED_AS.get(name, name): np.bincount(groups[name], minlength=size).astype(np.int64)
+                for name in parts
+            },
+            "shopify_total": _exact_sums(groups["shopify"], parts["shopify"][2], size),
+            "erp_total": _exact_sums(groups["erp"], parts["erp"][2], size),
+        }
+    )
+    return frame.loc[:, list(_SUMMARY_PART_EMPTY.columns)]
+
+
+def _add_summary_parts(total: pd.DataFrame, part: pd.DataFrame) -> pd.DataFrame:
+    if total.empty:
+        return part
+    both = pd.concat([total, part], ignore_index=True)
+    for name in ("shopify_total", "erp_total"):
+        column = both[name]
+        if column.dtype != object and max(-int(column.min()), int(column.max())) * len(column) >= 2**63:
+            both[name] = column.astype(object)  # Python ints: exact however large the totals grow
+    return both.groupby(["day", "currency"], sort=True, as_index=False).sum()
+
+
+def _summary_frame(part: pd.DataFrame) -> pd.DataFrame:
+    """The summary rows (SUMMARY_COLUMNS) of a summary in the making: Decimal totals, dates."""
+    currency = part["currency"].to_numpy(dtype=object)
+    exponent = currency_exponents(currency) if len(part) else np.zeros(0, dtype=np.int64)
+    shopify_sum, erp_sum = part["shopify_total"].tolist(), part["erp_total"].tolist()
+    frame = pd.DataFrame(
+        {
+            "day": [date(1970, 1, 1) + timedelta(days=int(d)) for d in part["day"]],
+            "currency": pd.Series(currency, dtype=object),
+            **{name: part[name].to_numpy(dtype=np.int64) for name in _SUMMARY_COUNTS},
             "shopify_total": pd.Series(from_minor_units(shopify_sum, exponent), dtype=object),
             "erp_total": pd.Series(from_minor_units(erp_sum, exponent), dtype=object),
             "difference": pd.Series(
                 from_minor_units([a - b for a, b in zip(shopify_sum, erp_sum, strict=True)], exponent),
                 dtype=object,
             ),
-            "matched": count("matched"),
-            "pending_sync": count("pending"),
-            **{kind: count(kind) for kind in KINDS},
         }
     )
     return frame.loc[:, list(SUMMARY_COLUMNS)]

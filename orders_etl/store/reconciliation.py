@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -478,6 +478,18 @@ def _time_text(column: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[
     if dialect == "sqlite":
         return sa.type_coerce(column, sa.Text())
     return sa.func.to_char(sa.func.timezone("UTC", column), _CANONICAL_TIME)
+
+
+def open_longer_than(store: OrderStore, *, now: datetime, max_age: timedelta) -> tuple[int, float]:
+    """How many exceptions are open since longer than ``max_age``, and the oldest one's age
+    in days (0 when none): counted by the database, not read row by row."""
+    e = reconciliation_exceptions
+    query = sa.select(sa.func.count(), sa.func.min(e.c.first_detected_at)).where(
+        e.c.resolved_at.is_(None), e.c.first_detected_at < now - max_age
+    )
+    with reading(store.engine).connect() as conn:
+        count, oldest = conn.execute(query).one()
+    return count, (now - oldest).total_seconds() / 86_400 if count else 0.0
 
 
 def open_exceptions(store: OrderStore, *, now: datetime, since: date | None = None) -> pd.DataFrame:

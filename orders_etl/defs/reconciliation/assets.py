@@ -1,9 +1,6 @@
 """Reconciliation of Shopify against the ERP, over the whole store, after every sync."""
 
-from datetime import timedelta
-
 import dagster as dg
-import pandas as pd
 
 from orders_etl.defs import sync
 from orders_etl.defs.orders.assets import orders
@@ -13,11 +10,6 @@ from orders_etl.store.schema import EXCEPTION_KINDS, reconciliation_exceptions
 
 GROUP = "reconciliation"
 OLD_OPEN_EXCEPTIONS = "no_old_open_exceptions"
-
-
-def old_exceptions(open_exceptions: pd.DataFrame, max_age: timedelta) -> pd.DataFrame:
-    """The open exceptions first detected longer than ``max_age`` ago."""
-    return open_exceptions[open_exceptions["age_days"] > max_age.total_seconds() / 86_400]
 
 
 @dg.asset(
@@ -45,7 +37,7 @@ def reconciliation(context: dg.AssetExecutionContext, store: StoreResource) -> d
     Refreshed after every sync; the metadata shows what is open and how much money is at stake.
     """
     from orders_etl.reconcile import ReconcileConfig
-    from orders_etl.store.reconciliation import open_exceptions, run_reconciliation
+    from orders_etl.store.reconciliation import open_longer_than, run_reconciliation
 
     db = store.store
     outcome = run_reconciliation(db, config=ReconcileConfig())
@@ -54,7 +46,7 @@ def reconciliation(context: dg.AssetExecutionContext, store: StoreResource) -> d
         f"{outcome.reopened} reopened), {outcome.matched} matched, {outcome.pending_sync} pending sync"
     )
     max_age = get_settings().max_exception_age
-    too_old = old_exceptions(open_exceptions(db, now=outcome.now), max_age)
+    too_old, oldest_days = open_longer_than(db, now=outcome.now, max_age=max_age)
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": sync.count_rows(db, reconciliation_exceptions),
@@ -78,12 +70,12 @@ def reconciliation(context: dg.AssetExecutionContext, store: StoreResource) -> d
         check_results=[
             dg.AssetCheckResult(
                 check_name=OLD_OPEN_EXCEPTIONS,
-                passed=too_old.empty,
+                passed=not too_old,
                 severity=dg.AssetCheckSeverity.WARN,
                 metadata={
                     "max_age_days": max_age.total_seconds() / 86_400,
-                    "open_too_long": len(too_old),
-                    "oldest_days": float(too_old["age_days"].max()) if not too_old.empty else 0.0,
+                    "open_too_long": too_old,
+                    "oldest_days": oldest_days,
                 },
             )
         ],

@@ -19,6 +19,7 @@ whatever the number of orders.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -87,7 +88,7 @@ class ReconciliationOutcome:
     pending_sync: int
     shopify_orders: int
     erp_orders: int
-    worst: pd.DataFrame = field(repr=False)
+    worst: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)  # set after the commit
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -410,7 +411,6 @@ def _merge_ledger(conn: Connection, staged: int, now: datetime) -> tuple[int, in
     """Merge this run's exceptions (the ``staged`` rows of staging_exceptions) into the
     ledger, set-based; returns (new, resolved, reopened)."""
     if conn.dialect.name == "postgresql":
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LEDGER_LOCK})
         # A temporary table has no statistics until analyzed: without them the planner
         # guesses its size and may pick a nested loop over the whole ledger.
         conn.exec_driver_sql("ANALYZE staging_exceptions")
@@ -661,16 +661,24 @@ def run_reconciliation(
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
     now = now.astimezone(UTC)
+    # The write lock (SQLite) or the ledger's advisory lock (PostgreSQL) is taken before
+    # anything is read: two runs at once reconcile one after the other, the later one from a
+    # state that includes the earlier one's ledger and every upsert committed before it, so
+    # the last ledger written is never based on an older read.
+    with store.engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LEDGER_LOCK})
+        outcome = _reconcile_locked(store, conn, now, config, chunk_rows)
+    return dataclasses.replace(outcome, worst=_worst_open_exceptions(store, now, worst_limit))
+
+
+def _reconcile_locked(
+    store: OrderStore, conn: Connection, now: datetime, config: ReconcileConfig, chunk_rows: int
+) -> ReconciliationOutcome:
     run = Reconciler(now=now, config=config)
     at_stake: dict[str, Decimal] = {}
     staged = 0
-    # On SQLite the write lock is taken first: the chunks are then read from the same state
-    # of the store that the ledger is merged into.
-    with (
-        store.engine.begin() as conn,
-        _lean_page_cache(conn),
-        closing(_chunks(store, chunk_rows)) as chunks,
-    ):
+    with _lean_page_cache(conn), closing(_chunks(store, chunk_rows)) as chunks:
         _create_staging(conn)
         for shopify, erp in chunks:
             exceptions = run.add(shopify, erp).exceptions
@@ -693,5 +701,4 @@ def run_reconciliation(
         pending_sync=run.pending_sync,
         shopify_orders=run.shopify_orders,
         erp_orders=run.erp_orders,
-        worst=_worst_open_exceptions(store, now, worst_limit),
     )

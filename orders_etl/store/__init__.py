@@ -119,15 +119,18 @@ class OrderStore:
         if not wanted:
             return {}
         # All the names in one parameter, one query (a JSON array on SQLite, an array on
-        # PostgreSQL): a query per few hundred names cost more than the lookups.
+        # PostgreSQL): a query per few hundred names cost more than the lookups. Joined as a
+        # table of names, so each is one index probe: PostgreSQL planned `= ANY(array)` as a
+        # scan of every Shopify order once its statistics lagged a bulk load (0.2 s a call).
         if self.engine.dialect.name == "sqlite":
-            names_in = "number IN (SELECT value FROM json_each(:names))"
+            table = "(SELECT value AS name FROM json_each(:names)) AS n"
             bound: object = json.dumps(wanted)
         else:
-            names_in = "number = ANY(:names)"
+            table = "unnest(CAST(:names AS text[])) AS n(name)"
             bound = wanted
         query = sa.text(
-            f"SELECT number, external_id FROM source_orders WHERE source = :source AND {names_in}"
+            f"SELECT so.number, so.external_id FROM {table} "
+            "JOIN source_orders AS so ON so.source = :source AND so.number = n.name"
         )
         with reading(self.engine).connect() as conn:
             rows = conn.execute(query, {"source": Source.SHOPIFY.value, "names": bound})

@@ -531,22 +531,32 @@ def _drop_superseded_erp_keys(conn: Connection, source: str) -> None:
         "(SELECT 1 FROM source_orders AS r WHERE r.source = :source AND r.number = staging_orders.number "
         "AND r.external_id <> r.number AND r.updated_at >= staging_orders.updated_at)"
     )
-    # A provisional row is keyed on its own number; a row keyed on a Shopify id that happens to
-    # equal another document's ERP number is a different order and stays. (Index probes per
-    # staged row: (source, external_id) and (source, number).)
-    conn.execute(
-        sa.text(
-            "DELETE FROM source_orders WHERE source = :source AND number = external_id "
-            f"AND external_id IN ({resolved_here} UNION ALL {resolved_before})"
-        ),
-        {"source": source},
-    )
-    conn.execute(
-        sa.text(
-            "DELETE FROM orders WHERE external_id IN (SELECT number FROM staging_orders) AND NOT EXISTS "
-            "(SELECT 1 FROM source_orders AS so WHERE so.external_id = orders.external_id)"
+    # The keys first, then deletes by key: as one DELETE … IN (subquery), PostgreSQL with
+    # statistics lagging a bulk load planned a scan of every ERP row per chunk (minutes at a
+    # million orders). Usually there is no key at all. (Index probes per staged row:
+    # (source, external_id) and (source, number).)
+    keys = [
+        key
+        for (key,) in conn.execute(sa.text(f"{resolved_here} UNION {resolved_before}"), {"source": source})
+    ]
+    for start in range(0, len(keys), 1_000):
+        batch = keys[start : start + 1_000]
+        # A provisional row is keyed on its own number; a row keyed on a Shopify id that
+        # happens to equal another document's ERP number is a different order and stays.
+        conn.execute(
+            sa.text(
+                "DELETE FROM source_orders WHERE source = :source AND number = external_id "
+                "AND external_id IN :keys"
+            ).bindparams(sa.bindparam("keys", expanding=True)),
+            {"source": source, "keys": batch},
         )
-    )
+        conn.execute(
+            sa.text(
+                "DELETE FROM orders WHERE external_id IN :keys AND NOT EXISTS "
+                "(SELECT 1 FROM source_orders AS so WHERE so.external_id = orders.external_id)"
+            ).bindparams(sa.bindparam("keys", expanding=True)),
+            {"keys": batch},
+        )
 
 
 def chunked(records: Iterable[OrderRecord], size: int = DEFAULT_CHUNK_SIZE) -> Iterator[list[OrderRecord]]:

@@ -20,7 +20,28 @@ from datetime import UTC, datetime
 
 from orders_etl.store.frames import FRAME_COLUMNS
 
-ROW_FIELDS: tuple[str, ...] = FRAME_COLUMNS
+# Spelled out, not taken from the store: the fast mappings build rows positionally in this
+# order, so a change of the store's columns must fail here, at import, not put values in
+# the wrong columns.
+ROW_FIELDS: tuple[str, ...] = (
+    "external_id",
+    "number",
+    "created_at",
+    "currency",
+    "total_amount",
+    "tax_amount",
+    "payment_status",
+    "status",
+    "shipping_method",
+    "tracking_number",
+    "customer_id",
+    "refunded_amount",
+    "payment_status_detail",
+    "updated_at",
+    "deleted_at",
+)
+if ROW_FIELDS != FRAME_COLUMNS:  # pragma: no cover - a guard for whoever changes the columns
+    raise ImportError(f"the store's columns are now {FRAME_COLUMNS}: update ROW_FIELDS and the fast mappings")
 ROW_INDEX = {name: index for index, name in enumerate(ROW_FIELDS)}
 
 

@@ -41,7 +41,7 @@ from typing import Any
 
 import msgspec
 
-from orders_etl.canonical import ROW_FIELDS, OrderRow, utc_text
+from orders_etl.canonical import OrderRow, utc_text
 from orders_etl.currencies import CURRENCY_EXPONENTS
 from orders_etl.model import MAX_KEY_LENGTH, snake_code
 from orders_etl.sources.erp_files.dates import DateParser
@@ -93,26 +93,6 @@ _CELLS = (
     "customer_id",
     "shopify_ref",
 )
-# An OrderRow is written positionally below: it must be in this order.
-_ROW_ORDER = (
-    "external_id",
-    "number",
-    "created_at",
-    "currency",
-    "total_amount",
-    "tax_amount",
-    "payment_status",
-    "status",
-    "shipping_method",
-    "tracking_number",
-    "customer_id",
-    "refunded_amount",
-    "payment_status_detail",
-    "updated_at",
-    "deleted_at",
-)
-if ROW_FIELDS != _ROW_ORDER:
-    raise ImportError(f"OrderRow's fields are now {ROW_FIELDS}: update FastMapper.drafts")
 _GID = re.compile(r"gid://shopify/Order/(\d+)")
 _CACHE_SIZE = 65_536  # per cache of distinct cell texts: bounded whatever the export holds
 _MAX_LAYOUTS = 16

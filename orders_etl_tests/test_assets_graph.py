@@ -37,6 +37,9 @@ def env_store(monkeypatch: pytest.MonkeyPatch, sqlite_url: str) -> OrderStore:
     store.dispose()
 
 
+NORMALIZE_STEPS = ("shopify__source_orders", "erp__source_orders")
+
+
 def materialize(data: Path, instance: dg.DagsterInstance, **kwargs) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         [*ASSETS, orders_checks], resources=doubles.double_resources(str(data)), instance=instance, **kwargs
@@ -114,14 +117,42 @@ def test_one_partition_then_rerun_is_idempotent(data, env_store):
 
         again = materialize(data, instance, partition_key="2026-03-02")
         assert again.success
-        counts = metadata(again, "shopify/source_orders")
-        assert (counts["inserted"], counts["updated"], counts["unchanged"]) == (0, 0, 1)
+        # Nothing new landed, so nothing is normalized again.
         assert metadata(again, "shopify/raw_orders")["landed"] == 0
+        counts = metadata(again, "shopify/source_orders")
+        assert (counts["inserted"], counts["updated"], counts["unchanged"]) == (0, 0, 0)
+        # Asked to, the window is normalized again from raw_orders: the same orders.
+        renormalized = materialize(
+            data,
+            instance,
+            partition_key="2026-03-02",
+            run_config={"ops": {name: {"config": {"renormalize": True}} for name in NORMALIZE_STEPS}},
+        )
+        assert renormalized.success
+        counts = metadata(renormalized, "shopify/source_orders")
+        assert (counts["inserted"], counts["updated"], counts["unchanged"]) == (0, 0, 1)
+        assert env_store.count("raw_orders_pending") == 0
         for name, frame in before.items():
             after = env_store.read_table(name)
             assert after.drop(columns=["synced_at"], errors="ignore").equals(
                 frame.drop(columns=["synced_at"], errors="ignore")
             ), name
+
+
+def test_an_erp_order_resolves_once_its_shopify_order_is_synced_later(data, env_store):
+    with dg.instance_for_test() as instance:
+        # 2026-03-02 alone: SO-1 refers to #1001, not in the store yet: keyed on SO-1.
+        assert materialize(data, instance, partition_key="2026-03-02").success
+        assert set(table(env_store, "source_orders", "erp_files")) == {"SO-1"}
+        # 2026-03-03 brings order 1001 (and nothing for SO-1's day).
+        assert materialize(data, instance, partition_key="2026-03-03").success
+        # 2026-03-02 again: SO-1's payload is unchanged, so nothing new landed, yet it is
+        # normalized again because it is still keyed on its ERP number: now it resolves.
+        again = materialize(data, instance, partition_key="2026-03-02")
+        assert metadata(again, "erp/raw_orders")["landed"] == 0
+    erp = table(env_store, "source_orders", "erp_files")
+    assert set(erp) == {"1001", "SO-2"}
+    assert "SO-1" not in table(env_store, "orders")  # no phantom ERP-only order left behind
 
 
 def test_cursor_moves_only_over_contiguous_days(tmp_path, env_store):

@@ -11,8 +11,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from orders_etl.model import Reject
-from orders_etl.store import OrderStore, RawRecord
+from orders_etl.store import OrderStore, RawRecord, names_query
 from orders_etl.store.engine import create_store_engine, masked_url
+from orders_etl.store.landing import landed_before_query
 from orders_etl.store.schema import metadata, orders, source_orders
 from orders_etl_tests.factories import BASE_TIME, order
 
@@ -236,6 +237,49 @@ def test_raw_landing_is_idempotent(store: OrderStore) -> None:
     store.land_raw("shopify", [RawRecord("line:9", None, {"_unparsed_line": "{oops"})])
     landed = [r.record_key for chunk in store.iter_raw("shopify", BASE_TIME, LATER) for r in chunk]
     assert sorted(landed) == ["1", "line:9"]  # in no particular order
+
+
+def _pending(store: OrderStore, **window) -> list[str]:
+    return sorted(r.record_key for chunk in store.iter_raw("shopify", pending=True, **window) for r in chunk)
+
+
+def test_landed_versions_are_queued_once_until_normalized(store: OrderStore) -> None:
+    records = [RawRecord("1", BASE_TIME, {"id": 1}), RawRecord("2", LATER, {"id": 2})]
+    assert store.land_raw("shopify", records) == 2
+    assert store.land_raw("shopify", records) == 0  # landed before: neither landed nor queued again
+    assert _pending(store) == ["1", "2"]
+    assert _pending(store, start=BASE_TIME, end=LATER) == ["1"]
+    taken = [r.raw_id for chunk in store.iter_raw("shopify", pending=True) for r in chunk]
+    store.forget_pending("shopify", taken)
+    assert _pending(store) == [] and store.count("raw_orders_pending") == 0
+    # A new version is queued; the one normalized before is not.
+    assert store.land_raw("shopify", [RawRecord("1", LATER, {"id": 1, "note": "edited"})]) == 1
+    assert _pending(store) == ["1"]
+    # Queued again on request (re-normalizing a window), each version once.
+    assert store.queue_again("shopify", BASE_TIME, LATER) == 1
+    assert store.queue_again("shopify") == 1
+    assert sorted(r.raw_id for chunk in store.iter_raw("shopify", pending=True) for r in chunk) == sorted(
+        r.raw_id for chunk in store.iter_raw("shopify") for r in chunk
+    )
+
+
+def test_key_lookups_probe_an_index_per_key_on_sqlite(sqlite_url: str) -> None:
+    # As a join with the JSON array, SQLite scanned every row of the source once per key:
+    # the ERP normalize of 100,000 orders took minutes instead of seconds.
+    store = OrderStore.from_url(sqlite_url)
+    try:
+        with store.engine.connect() as conn:
+            for query, bound, probe in (
+                (*names_query("sqlite", ["#1"]), "(source=? AND number=?)"),
+                (*landed_before_query("sqlite", ["1"]), "(source=? AND record_key=?)"),
+            ):
+                plan = conn.execute(
+                    sa.text(f"EXPLAIN QUERY PLAN {query.text}"),
+                    {"source": "shopify", "names": bound, "keys": bound},
+                ).all()
+                assert any(probe in row[-1] for row in plan), plan
+    finally:
+        store.dispose()
 
 
 def test_rejects_keep_first_and_last_seen(store: OrderStore) -> None:

@@ -8,6 +8,7 @@ can be synced again at any time: raw payloads land once, the upsert keeps the ne
 from __future__ import annotations
 
 import queue
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 import dagster as dg
 import pyarrow as pa
 import sqlalchemy as sa
+from pydantic import Field
 
 from orders_etl.model import InvalidOrder, Reject, Source
 from orders_etl.sources.base import Log, Normalized, SourceError, batches, read_ahead
@@ -224,15 +226,33 @@ class NormalizeOutcome:
         self.reject_preview.extend(rejects[:room])
 
 
+class NormalizeConfig(dg.Config):
+    """Launchpad settings of a normalize step."""
+
+    renormalize: bool = Field(
+        default=False,
+        description=(
+            "Normalize every landed version in the window again, not only the new ones: after "
+            "an upgrade changed a mapping, from raw_orders, without calling the source."
+        ),
+    )
+
+
 def normalize_window(
     context: dg.AssetExecutionContext,
     store: OrderStore,
     source: Source,
     window: SyncWindow,
     normalize: Callable[[Iterable[LandedRecord]], Iterable[Normalized]],
+    *,
+    renormalize: bool = False,
 ) -> NormalizeOutcome:
-    """Normalize every landed version in the window, streaming; upsert orders in batches
-    (one transaction each) and quarantine rejects with their reason.
+    """Normalize the versions in the window that are queued (landed and not normalized yet,
+    or queued again), streaming; upsert orders in batches (one transaction each), quarantine
+    rejects with their reason, then take the versions off the queue.
+
+    An unchanged re-sync landed nothing, so it normalizes nothing. A run stopped before the
+    end leaves its versions queued, and the next run normalizes them (idempotent).
 
     One upsert stream over all the batches: the store prepares and writes a batch while the
     next one is being normalized (two cores busy, not one).
@@ -241,6 +261,11 @@ def normalize_window(
     in that mapping; it must not cost the window: its order is quarantined with the
     store's reason and the window normalized again (idempotent) without it.
     """
+    if renormalize:
+        queued = store.queue_again(source, window.start, window.end)
+        context.log.info(
+            f"{source}: {queued} landed versions in {window.describe()} queued to normalize again"
+        )
     refused: dict[str | None, str] = {}
     while True:
         try:
@@ -263,11 +288,17 @@ def _normalize_pass(
 ) -> NormalizeOutcome:
     outcome = NormalizeOutcome()
     run_id = context.run.run_id
-    landed = (record for chunk in store.iter_raw(source, window.start, window.end) for record in chunk)
+    taken = array("q")  # raw_ids read from the queue: 8 bytes each, off the queue at the end
+
+    def landed() -> Iterator[LandedRecord]:
+        for chunk in store.iter_raw(source, window.start, window.end, pending=True):
+            taken.extend(record.raw_id for record in chunk)
+            yield from chunk
+
     pending: list[str] = []  # one line per batch, logged once its upsert committed
 
     def frames() -> Iterator[pa.Table]:
-        for batch in _guarded(source, batches(normalize(landed), NORMALIZE_BATCH)):
+        for batch in _guarded(source, batches(normalize(landed()), NORMALIZE_BATCH)):
             rows = [*batch.rows, *map(canonical_text, batch.orders)]
             rejects = list(batch.rejects)
             if refused:
@@ -293,9 +324,23 @@ def _normalize_pass(
     # database and Arrow work, which releases the GIL).
     ahead = (table for [table] in read_ahead(frames(), 1))
     outcome.counts = store.upsert_frames(source, ahead, on_chunk=committed)
-    if not outcome.counts.total and not outcome.rejected and not outcome.skipped:
-        context.log.info(f"{source}: nothing landed in {window.describe()}")
+    # Every order read is committed (or quarantined): off the queue. A version landed
+    # meanwhile by another run has an id of its own and stays queued.
+    store.forget_pending(source, taken)
+    if not taken:
+        context.log.info(f"{source}: nothing new to normalize in {window.describe()}")
     return outcome
+
+
+def queue_provisional(
+    context: dg.AssetExecutionContext, store: OrderStore, source: Source, window: SyncWindow
+) -> int:
+    """Queue again the ERP orders of the window still keyed on their own number: a Shopify
+    order synced since may now resolve their reference (DESIGN.md §4)."""
+    queued = store.queue_again(source, window.start, window.end, provisional_only=True)
+    if queued:
+        context.log.info(f"{source}: {queued} versions keyed on their ERP number queued to resolve again")
+    return queued
 
 
 def _guarded(source: Source, items: Iterator[T]) -> Iterator[T]:

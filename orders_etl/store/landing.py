@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -20,8 +20,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from orders_etl.model import Reject
 from orders_etl.store.engine import reading
-from orders_etl.store.schema import order_rejects, raw_orders, sync_state
-from orders_etl.store.types import sqlite_datetime
+from orders_etl.store.schema import order_rejects, raw_orders, raw_orders_pending, sync_state
+from orders_etl.store.types import UtcDateTime, sqlite_datetime
 
 LANDING_CHUNK_SIZE = 5_000
 # Record keys are indexed: a PostgreSQL btree entry much past 2.7 kB is refused.
@@ -168,24 +168,54 @@ def land_raw(
 ) -> int:
     """Land raw records (one transaction per chunk); returns how many were new.
 
-    Written through the driver in bulk (SQLite: one ``executemany``; PostgreSQL: ``COPY``
-    into a temporary table, then one ``INSERT … SELECT``), each ``ON CONFLICT DO NOTHING``:
-    a payload landed before costs one index probe, so re-landing a window is cheap.
+    A version landed before (same key, same payload hash) is found by one indexed query per
+    chunk and not sent again, so re-landing an unchanged window writes nothing. New ones are
+    written through the driver in bulk (SQLite: one ``executemany``; PostgreSQL: ``COPY``
+    into a temporary table, then one ``INSERT … SELECT``), ``ON CONFLICT DO NOTHING`` for a
+    concurrent run landing the same version, and queued in ``raw_orders_pending`` for the
+    normalize step in the same transaction.
     """
     landed = 0
     fetched_at = datetime.now(UTC)
     for chunk in _chunks(records, chunk_size):
-        rows = []
+        rows: dict[tuple[str, str], tuple[str, datetime | None, str, str]] = {}
         for record in chunk:
             text = dump_payload(record.payload) if record.text is None else record.text
             digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
-            rows.append((storable_key(record.record_key), record.updated_at, text, digest))
+            key = storable_key(record.record_key)
+            rows[key, digest] = (key, record.updated_at, text, digest)
         with engine.begin() as conn:
+            for known in _landed_before(conn, source, list({key for key, _ in rows})):
+                rows.pop(known, None)
+            if not rows:
+                continue
             if conn.dialect.name == "postgresql":
-                landed += _land_postgresql(conn, source, rows, fetched_at, run_id)
+                landed += _land_postgresql(conn, source, list(rows.values()), fetched_at, run_id)
             else:
-                landed += _land_sqlite(conn, source, rows, fetched_at, run_id)
+                landed += _land_sqlite(conn, source, list(rows.values()), fetched_at, run_id)
     return landed
+
+
+def _landed_before(conn: Connection, source: str, keys: list[str]) -> set[tuple[str, str]]:
+    """The (record_key, payload_hash) already landed for these keys: one query with all the
+    keys in one parameter, each key one probe of the unique index."""
+    query, bound = landed_before_query(conn.dialect.name, keys)
+    return {(key, digest) for key, digest in conn.execute(query, {"source": source, "keys": bound})}
+
+
+def landed_before_query(dialect: str, keys: list[str]) -> tuple[sa.TextClause, object]:
+    # Each dialect gets the form its planner turns into index probes per key. SQLite: IN a
+    # JSON array (as a join it scans every row of the source per key). PostgreSQL: a join
+    # with the array as a table (`= ANY(array)` was planned as a scan once statistics lagged).
+    if dialect == "postgresql":
+        return sa.text(
+            "SELECT r.record_key, r.payload_hash FROM unnest(CAST(:keys AS text[])) AS k(key) "
+            "JOIN raw_orders AS r ON r.source = :source AND r.record_key = k.key"
+        ), keys
+    return sa.text(
+        "SELECT record_key, payload_hash FROM raw_orders "
+        "WHERE source = :source AND record_key IN (SELECT value FROM json_each(:keys))"
+    ), json.dumps(keys)
 
 
 _RAW_COLUMNS = "source, record_key, updated_at, payload, payload_hash, fetched_at, run_id"
@@ -195,7 +225,9 @@ def _land_sqlite(
     conn: Connection, source: str, rows: list[tuple[Any, ...]], fetched_at: datetime, run_id: str | None
 ) -> int:
     driver = conn.connection.driver_connection
-    before = driver.total_changes  # type: ignore[union-attr]
+    # The transaction holds the write lock (BEGIN IMMEDIATE): every raw_id above the largest
+    # one now is a row this statement inserts.
+    (before,) = driver.execute("SELECT coalesce(max(raw_id), 0) FROM raw_orders").fetchone()  # type: ignore[union-attr]
     fetched = sqlite_datetime(fetched_at)
     driver.executemany(  # type: ignore[union-attr]
         f"INSERT INTO raw_orders ({_RAW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
@@ -205,7 +237,12 @@ def _land_sqlite(
             for key, updated, text, digest in rows
         ],
     )
-    return driver.total_changes - before  # type: ignore[union-attr]
+    queued = driver.execute(  # type: ignore[union-attr]
+        "INSERT INTO raw_orders_pending (source, raw_id) "
+        "SELECT source, raw_id FROM raw_orders WHERE raw_id > ?",
+        (before,),
+    )
+    return queued.rowcount
 
 
 def _land_postgresql(
@@ -222,13 +259,28 @@ def _land_postgresql(
             copy.write_row(row)
     result = conn.execute(
         sa.text(
-            f"INSERT INTO raw_orders ({_RAW_COLUMNS}) "
+            f"WITH landed AS (INSERT INTO raw_orders ({_RAW_COLUMNS}) "
             "SELECT :source, record_key, updated_at, payload, payload_hash, :fetched_at, :run_id "
-            "FROM staging_raw ON CONFLICT (source, record_key, payload_hash) DO NOTHING"
+            "FROM staging_raw ON CONFLICT (source, record_key, payload_hash) DO NOTHING RETURNING raw_id) "
+            "INSERT INTO raw_orders_pending (source, raw_id) SELECT :source, raw_id FROM landed"
         ),
         {"source": source, "fetched_at": fetched_at, "run_id": run_id},
     )
     return result.rowcount
+
+
+def _in_window(query: sa.Select[Any], start: datetime | None, end: datetime | None) -> sa.Select[Any]:
+    in_window = []
+    if start is not None:
+        in_window.append(raw_orders.c.updated_at >= start)
+    if end is not None:
+        in_window.append(raw_orders.c.updated_at < end)
+    if not in_window:
+        return query
+    # A record without a source timestamp (e.g. an unparsable line) belongs to no day: it
+    # is part of every window, so it is always rejected with its reason (rejects are keyed
+    # per record, so that is idempotent).
+    return query.where(sa.or_(sa.and_(*in_window), raw_orders.c.updated_at.is_(None)))
 
 
 def iter_raw(
@@ -237,36 +289,91 @@ def iter_raw(
     start: datetime | None = None,
     end: datetime | None = None,
     *,
+    pending: bool = False,
     chunk_size: int = LANDING_CHUNK_SIZE,
 ) -> Iterator[list[LandedRecord]]:
-    """Landed records of ``source`` whose ``updated_at`` is in ``[start, end)``, in chunks.
+    """Landed records of ``source`` whose ``updated_at`` is in ``[start, end)``, in chunks;
+    with ``pending``, only those queued in ``raw_orders_pending`` (not normalized yet).
 
-    Every landed version is returned, in no particular order; the upsert keeps the newest.
+    Every such version is returned, in no particular order; the upsert keeps the newest.
     Records without ``updated_at`` are part of every window.
     """
-    query = sa.select(
-        raw_orders.c.record_key, raw_orders.c.updated_at, raw_orders.c.payload, raw_orders.c.raw_id
-    )
-    query = query.where(raw_orders.c.source == source)
-    in_window = []
-    if start is not None:
-        in_window.append(raw_orders.c.updated_at >= start)
-    if end is not None:
-        in_window.append(raw_orders.c.updated_at < end)
-    if in_window:
-        # A record without a source timestamp (e.g. an unparsable line) belongs to no day:
-        # it is returned with every window, so it is always rejected with its reason
-        # (rejects are keyed per record, so that is idempotent).
-        query = query.where(sa.or_(sa.and_(*in_window), raw_orders.c.updated_at.is_(None)))
+    columns = (raw_orders.c.record_key, raw_orders.c.updated_at, raw_orders.c.payload, raw_orders.c.raw_id)
+    if pending:
+        query = (
+            sa.select(*columns)
+            .select_from(
+                raw_orders_pending.join(raw_orders, raw_orders.c.raw_id == raw_orders_pending.c.raw_id)
+            )
+            .where(raw_orders_pending.c.source == source)
+        )
+    else:
+        query = sa.select(*columns).where(raw_orders.c.source == source)
     # No ORDER BY: sorting a window of payloads costs more than the whole read, and the
     # upsert keeps the newest version whatever the order they arrive in.
     with reading(engine).connect() as conn:
-        result = conn.execution_options(yield_per=chunk_size).execute(query)
+        result = conn.execution_options(yield_per=chunk_size).execute(_in_window(query, start, end))
         for partition in result.partitions(chunk_size):
             yield [
                 LandedRecord(key, updated, raw_id=raw_id, text=payload)
                 for key, updated, payload, raw_id in partition
             ]
+
+
+def queue_again(
+    engine: Engine,
+    source: str,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    *,
+    provisional_only: bool = False,
+) -> int:
+    """Queue the landed versions of ``source`` in the window for normalizing again; returns
+    how many were not queued already.
+
+    Everything (after an upgrade changed a mapping: re-normalized without calling the
+    source), or with ``provisional_only`` the versions of orders stored under their own
+    number (an ERP order whose Shopify reference could not be resolved yet, or one that
+    refers to none): a Shopify order synced since may resolve them now.
+    """
+    # As text: SQLAlchemy reports no row count for INSERT … SELECT on psycopg.
+    conditions = ["r.source = :source"]
+    if provisional_only:
+        # Driven from the (few) orders keyed on their number, each one probe of raw_orders'
+        # key index: not a read of every landed payload.
+        conditions.append(
+            "r.record_key IN (SELECT so.external_id FROM source_orders AS so "
+            "WHERE so.source = :source AND so.number = so.external_id)"
+        )
+    window, bounds = [], {}
+    if start is not None:
+        window.append("r.updated_at >= :start")
+        bounds["start"] = start
+    if end is not None:
+        window.append("r.updated_at < :end")
+        bounds["end"] = end
+    if window:
+        conditions.append(f"({' AND '.join(window)} OR r.updated_at IS NULL)")  # as _in_window
+    statement = sa.text(
+        "INSERT INTO raw_orders_pending (source, raw_id) SELECT r.source, r.raw_id FROM raw_orders AS r "
+        f"WHERE {' AND '.join(conditions)} ON CONFLICT DO NOTHING"
+    ).bindparams(*(sa.bindparam(name, type_=UtcDateTime()) for name in bounds))
+    with engine.begin() as conn:
+        return conn.execute(statement, {"source": source, **bounds}).rowcount
+
+
+def forget_pending(engine: Engine, source: str, raw_ids: Sequence[int]) -> None:
+    """Take normalized versions off the queue (once their orders are committed)."""
+    for start in range(0, len(raw_ids), 10_000):
+        batch = list(raw_ids[start : start + 10_000])
+        with engine.begin() as conn:
+            conn.execute(
+                sa.delete(raw_orders_pending).where(
+                    raw_orders_pending.c.source == source,
+                    raw_orders_pending.c.raw_id.in_(sa.bindparam("ids", expanding=True)),
+                ),
+                {"ids": batch},
+            )
 
 
 def record_rejects(engine: Engine, rejects: Iterable[Reject], *, run_id: str | None = None) -> int:

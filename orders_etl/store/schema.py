@@ -96,6 +96,15 @@ raw_orders = sa.Table(
     sa.Index("ix_raw_orders_source_updated_at", "source", "updated_at"),
 )
 
+# The landed versions not normalized yet (migration 0004): queued by the landing, removed
+# by the upsert that normalized them, each in the same transaction as its data.
+raw_orders_pending = sa.Table(
+    "raw_orders_pending",
+    metadata,
+    sa.Column("source", sa.Text, primary_key=True),
+    sa.Column("raw_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+)
+
 order_rejects = sa.Table(
     "order_rejects",
     metadata,

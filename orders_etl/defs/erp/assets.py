@@ -48,18 +48,25 @@ def erp_raw_orders(
     retry_policy=sync.TRANSIENT_RETRY,
 )
 def erp_source_orders(
-    context: dg.AssetExecutionContext, erp: ErpSource, store: StoreResource
+    context: dg.AssetExecutionContext, config: sync.NormalizeConfig, erp: ErpSource, store: StoreResource
 ) -> dg.MaterializeResult:
     """The ERP's normalized orders (`source_orders`, source `business_central` or `erp_files`):
-    each record keyed on the Shopify order it refers to (or on its ERP number when it refers
-    to none), newest version wins; records that cannot be mapped quarantined in
+    records landed and not normalized yet (all of the window's with `renormalize`), and those
+    still keyed on their ERP number, each keyed on the Shopify order it refers to (or on its
+    ERP number when it refers to none), newest version wins; records that cannot be mapped quarantined in
     `order_rejects`. The golden `orders` rows are merged in the same transaction. Moves the
     ERP's high-water mark once all of it is committed.
     """
     window = sync.sync_window(context, erp.overlap_minutes)
     db = store.store
+    sync.queue_provisional(context, db, erp.source, window)
     outcome = sync.normalize_window(
-        context, db, erp.source, window, lambda records: erp.normalize(records, db.shopify_ids_by_name)
+        context,
+        db,
+        erp.source,
+        window,
+        lambda records: erp.normalize(records, db.shopify_ids_by_name),
+        renormalize=config.renormalize,
     )
     mark = sync.advance_cursor(context, db, erp.source, window)
     return sync.normalized_result(db, erp.source, window, outcome, mark)

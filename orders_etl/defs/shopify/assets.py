@@ -48,17 +48,23 @@ def shopify_raw_orders(
     retry_policy=sync.TRANSIENT_RETRY,
 )
 def shopify_source_orders(
-    context: dg.AssetExecutionContext, shopify: ShopifySource, store: StoreResource
+    context: dg.AssetExecutionContext,
+    config: sync.NormalizeConfig,
+    shopify: ShopifySource,
+    store: StoreResource,
 ) -> dg.MaterializeResult:
-    """Shopify's normalized orders (`source_orders`, source `shopify`): landed payloads mapped
-    onto the canonical Order, newest version per order wins; test orders skipped and counted,
+    """Shopify's normalized orders (`source_orders`, source `shopify`): payloads landed and
+    not normalized yet (all of the window's with `renormalize`) mapped onto the canonical
+    Order, newest version per order wins; test orders skipped and counted,
     records that cannot be mapped quarantined in `order_rejects` with the reason, orders
     deleted in Shopify kept with `deleted_at`. The golden `orders` rows are merged in the
     same transaction. Moves Shopify's high-water mark once all of it is committed.
     """
     window = sync.sync_window(context, shopify.overlap_minutes)
     db = store.store
-    outcome = sync.normalize_window(context, db, Source.SHOPIFY, window, shopify.normalize)
+    outcome = sync.normalize_window(
+        context, db, Source.SHOPIFY, window, shopify.normalize, renormalize=config.renormalize
+    )
     outcome.deleted = sync.mark_deleted(context, db, Source.SHOPIFY, shopify.reader, window)
     mark = sync.advance_cursor(context, db, Source.SHOPIFY, window)
     return sync.normalized_result(db, Source.SHOPIFY, window, outcome, mark)

@@ -35,7 +35,15 @@ from orders_etl.model import ERP_SOURCES, OrderRecord, Reject
 from orders_etl.sources.base import Normalized, Skipped
 from orders_etl.store import LandedRecord, OrderStore, RawRecord
 from orders_etl.store.landing import dump_payload, storable_key
-from orders_etl.store.schema import ORDER_FIELDS, order_rejects, orders, raw_orders, source_orders, sync_state
+from orders_etl.store.schema import (
+    ORDER_FIELDS,
+    order_rejects,
+    orders,
+    raw_orders,
+    raw_orders_pending,
+    source_orders,
+    sync_state,
+)
 
 FUZZ_EXAMPLES_ENV = "ORDERS_ETL_FUZZ_EXAMPLES"
 
@@ -219,7 +227,7 @@ def canonical(value: Any) -> str:
 def empty_store(store: OrderStore) -> None:
     """Examples of one test share the store fixture: each starts from empty tables."""
     with store.engine.begin() as conn:
-        for table in (raw_orders, order_rejects, source_orders, orders, sync_state):
+        for table in (raw_orders, raw_orders_pending, order_rejects, source_orders, orders, sync_state):
             conn.execute(table.delete())
 
 

@@ -128,6 +128,8 @@ def storable_text(text: str) -> str:
 def storable_key(key: str) -> str:
     """A record key as stored: :func:`storable_text`, and if still too long for an index,
     cut and suffixed with a hash of the whole key (so distinct keys stay distinct)."""
+    if key.isascii() and len(key) <= MAX_KEY_BYTES and "\x00" not in key:
+        return key  # the usual key, as it is (isascii is a flag check: no scan)
     text = storable_text(key)
     if len(text.encode("utf-8")) > MAX_KEY_BYTES:
         digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
@@ -198,21 +200,30 @@ def land_raw(
 
 def _landed_before(conn: Connection, source: str, keys: list[str]) -> set[tuple[str, str]]:
     """The (record_key, payload_hash) already landed for these keys: one query with all the
-    keys in one parameter, each key one probe of the unique index."""
-    query, bound = landed_before_query(conn.dialect.name, keys)
-    return {(key, digest) for key, digest in conn.execute(query, {"source": source, "keys": bound})}
+    keys in one parameter, each key one probe of the unique index. Through the driver: a
+    million rows through SQLAlchemy's result rows cost seconds."""
+    sql, bound = landed_before_query(conn.dialect.name, keys)
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql, {"source": source, "keys": bound})
+        return set(cursor.fetchall())
+    finally:
+        cursor.close()
 
 
-def landed_before_query(dialect: str, keys: list[str]) -> tuple[sa.TextClause, object]:
-    # Each dialect gets the form its planner turns into index probes per key. SQLite: IN a
-    # JSON array (as a join it scans every row of the source per key). PostgreSQL: a join
-    # with the array as a table (`= ANY(array)` was planned as a scan once statistics lagged).
+def landed_before_query(dialect: str, keys: list[str]) -> tuple[str, object]:
+    """The driver's SQL (named parameters ``source`` and ``keys``) and the bound keys.
+
+    Each dialect gets the form its planner turns into index probes per key. SQLite: IN a
+    JSON array (as a join it scans every row of the source per key). PostgreSQL: a join
+    with the array as a table (`= ANY(array)` was planned as a scan once statistics lagged).
+    """
     if dialect == "postgresql":
-        return sa.text(
-            "SELECT r.record_key, r.payload_hash FROM unnest(CAST(:keys AS text[])) AS k(key) "
-            "JOIN raw_orders AS r ON r.source = :source AND r.record_key = k.key"
+        return (
+            "SELECT r.record_key, r.payload_hash FROM unnest(%(keys)s::text[]) AS k(key) "
+            "JOIN raw_orders AS r ON r.source = %(source)s AND r.record_key = k.key"
         ), keys
-    return sa.text(
+    return (
         "SELECT record_key, payload_hash FROM raw_orders "
         "WHERE source = :source AND record_key IN (SELECT value FROM json_each(:keys))"
     ), json.dumps(keys)
@@ -229,6 +240,7 @@ def _land_sqlite(
     # one now is a row this statement inserts.
     (before,) = driver.execute("SELECT coalesce(max(raw_id), 0) FROM raw_orders").fetchone()  # type: ignore[union-attr]
     fetched = sqlite_datetime(fetched_at)
+    changes = driver.total_changes  # type: ignore[union-attr]
     driver.executemany(  # type: ignore[union-attr]
         f"INSERT INTO raw_orders ({_RAW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (source, record_key, payload_hash) DO NOTHING",
@@ -237,12 +249,15 @@ def _land_sqlite(
             for key, updated, text, digest in rows
         ],
     )
-    queued = driver.execute(  # type: ignore[union-attr]
+    landed = driver.total_changes - changes  # type: ignore[union-attr]
+    # (ON CONFLICT: SQLite may give a deleted row's raw_id to a new row, and the queue
+    # may still hold that id: it is queued either way.)
+    driver.execute(  # type: ignore[union-attr]
         "INSERT INTO raw_orders_pending (source, raw_id) "
-        "SELECT source, raw_id FROM raw_orders WHERE raw_id > ?",
+        "SELECT source, raw_id FROM raw_orders WHERE raw_id > ? ON CONFLICT DO NOTHING",
         (before,),
     )
-    return queued.rowcount
+    return landed
 
 
 def _land_postgresql(

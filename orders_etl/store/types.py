@@ -27,7 +27,8 @@ def sqlite_datetime(value: datetime | None) -> str | None:
         return None
     if value.tzinfo is None:
         raise ValueError(f"naive datetime {value!r} reached the store")
-    value = value.astimezone(UTC)
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
     if value.year >= 1000:  # isoformat is the same text, several times faster than strftime
         return value.isoformat(" ", "microseconds")[:-6]
     return value.strftime(SQLITE_DATETIME_FORMAT)

@@ -46,6 +46,10 @@ class SyncFailed(Exception):
         super().__init__(f"{source}: {cause}")
 
 
+# The steps that take the normalize config (defs/sync.py NormalizeConfig).
+NORMALIZE_STEPS = ("shopify__source_orders", "erp__source_orders")
+
+
 def _day(text: str) -> date:
     try:
         return date.fromisoformat(text)
@@ -64,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sync.add_argument("--start", type=_day, help="first day (YYYY-MM-DD, UTC) of order updates")
     sync.add_argument("--end", type=_day, help="last day, inclusive (default: today)")
+    sync.add_argument(
+        "--renormalize",
+        action="store_true",
+        help="normalize every landed version in the range again, not only the new ones "
+        "(after an upgrade changed a mapping; from raw_orders, the sources are read as usual)",
+    )
     report = commands.add_parser("report", help="print the reconciliation summary and open exceptions")
     report.add_argument("--format", choices=("table", "csv", "json"), default="table")
     report.add_argument("--since", type=_day, help="only days from this one (order created, UTC)")
@@ -84,7 +94,7 @@ def main(argv: Sequence[str] | None = None, *, defs: Any = None) -> int:
         warnings.filterwarnings("ignore", category=getattr(__import__("dagster"), category))
     try:
         if args.command == "sync":
-            return sync(args.start, args.end, defs=defs)
+            return sync(args.start, args.end, defs=defs, renormalize=args.renormalize)
         try:
             if args.command == "report":
                 return report(args.format, args.since)
@@ -145,7 +155,14 @@ def db_upgrade() -> int:
 # sync
 
 
-def sync(start: date | None, end: date | None, *, defs: Any = None, out: TextIO | None = None) -> int:
+def sync(
+    start: date | None,
+    end: date | None,
+    *,
+    defs: Any = None,
+    out: TextIO | None = None,
+    renormalize: bool = False,
+) -> int:
     out = out or sys.stdout
     settings = _settings()
     if defs is None:
@@ -167,7 +184,10 @@ def sync(start: date | None, end: date | None, *, defs: Any = None, out: TextIO 
                     "dagster/asset_partition_range_end": last_day.isoformat(),
                     "orders_etl/trigger": "cli",
                 },
-                run_config={"loggers": {"progress": {}}},
+                run_config={
+                    "loggers": {"progress": {}},
+                    "ops": {step: {"config": {"renormalize": renormalize}} for step in NORMALIZE_STEPS},
+                },
                 raise_on_error=False,
             )
         if not result.success:

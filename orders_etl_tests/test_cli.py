@@ -310,6 +310,23 @@ def test_progress_lines_count_each_stage(double_defs, capsys):
     assert summary.split() == ["shopify", "5", "5", "2", "0", "0", "1", "1", "1", "1"]
 
 
+def test_renormalize_maps_the_landed_versions_again(double_defs, capsys):
+    days = ["--start", "2026-03-01", "--end", "2026-03-03"]
+    assert cli.main(["sync", *days], defs=double_defs) == 0
+    capsys.readouterr()
+    # Unchanged: nothing new landed, nothing normalized.
+    assert cli.main(["sync", *days], defs=double_defs) == 0
+    assert (
+        "done  shopify/source_orders    inserted 0, updated 0, unchanged 0, stale 0"
+        in capsys.readouterr().out
+    )
+    # Asked to: every landed version again. 1001's newest is unchanged; its older version
+    # and 1002 as landed (the store has it newer, marked deleted) are stale; 1004 rejected.
+    assert cli.main(["sync", *days, "--renormalize"], defs=double_defs) == 0
+    out = capsys.readouterr().out
+    assert "done  shopify/source_orders    inserted 0, updated 0, unchanged 1, stale 2, rejected 1" in out
+
+
 def test_first_sync_also_reads_orders_updated_before_the_start_date(tmp_path) -> None:
     # The samples span September and October 2026; partitions here start in October.
     url = f"sqlite:///{tmp_path / 'orders.db'}"

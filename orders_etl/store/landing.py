@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 from orders_etl.model import Reject
 from orders_etl.store.engine import reading
 from orders_etl.store.schema import order_rejects, raw_orders, raw_orders_pending, sync_state
-from orders_etl.store.types import UtcDateTime, sqlite_datetime
+from orders_etl.store.types import UtcDateTime, parse_sqlite_datetime, sqlite_datetime
 
 LANDING_CHUNK_SIZE = 5_000
 # Record keys are indexed: a PostgreSQL btree entry much past 2.7 kB is refused.
@@ -326,13 +326,44 @@ def iter_raw(
         query = sa.select(*columns).where(raw_orders.c.source == source)
     # No ORDER BY: sorting a window of payloads costs more than the whole read, and the
     # upsert keeps the newest version whatever the order they arrive in.
+    query = _in_window(query, start, end)
     with reading(engine).connect() as conn:
-        result = conn.execution_options(yield_per=chunk_size).execute(_in_window(query, start, end))
+        if conn.dialect.name == "sqlite":
+            yield from _iter_sqlite(conn, query, chunk_size)
+            return
+        result = conn.execution_options(yield_per=chunk_size).execute(query)
         for partition in result.partitions(chunk_size):
             yield [
                 LandedRecord(key, updated, raw_id=raw_id, text=payload)
                 for key, updated, payload, raw_id in partition
             ]
+
+
+def _iter_sqlite(conn: Connection, query: sa.Select[Any], chunk_size: int) -> Iterator[list[LandedRecord]]:
+    """SQLite: the rows straight from the driver. Through SQLAlchemy's result rows and type
+    processing, reading a million landed versions back cost 6-9 s, about half of that."""
+    compiled = query.compile(dialect=conn.dialect)
+    params = compiled.construct_params()
+    bound = [
+        sqlite_datetime(value) if isinstance(value, datetime) else value
+        for value in (params[name] for name in compiled.positiontup or ())
+    ]
+    with conn.begin():  # (the engine's begin hook: the read cache size, a deferred BEGIN)
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(compiled.string, bound)
+            while rows := cursor.fetchmany(chunk_size):
+                yield [
+                    LandedRecord(
+                        key,
+                        None if updated is None else parse_sqlite_datetime(updated),
+                        raw_id=raw_id,
+                        text=payload,
+                    )
+                    for key, updated, payload, raw_id in rows
+                ]
+        finally:
+            cursor.close()
 
 
 def queue_again(

@@ -18,7 +18,13 @@ from sqlalchemy.engine import Engine
 
 from orders_etl.model import OrderRecord, Reject, Source
 from orders_etl.store import landing
-from orders_etl.store.engine import create_store_engine, database_url_from_env, masked_url, reading
+from orders_etl.store.engine import (
+    create_store_engine,
+    database_url_from_env,
+    masked_url,
+    plan_for_key_probes,
+    reading,
+)
 from orders_etl.store.landing import LandedRecord, RawRecord
 from orders_etl.store.migrate import ensure_schema
 from orders_etl.store.schema import ORDER_FIELDS, orders, source_orders
@@ -119,7 +125,8 @@ class OrderStore:
         if not wanted:
             return {}
         query, bound = names_query(self.engine.dialect.name, wanted)
-        with reading(self.engine).connect() as conn:
+        with reading(self.engine).connect() as conn, conn.begin():
+            plan_for_key_probes(conn)
             rows = conn.execute(query, {"source": Source.SHOPIFY.value, "names": bound})
             return {number: external_id for number, external_id in rows}
 

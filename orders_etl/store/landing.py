@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from orders_etl.model import Reject
-from orders_etl.store.engine import reading
+from orders_etl.store.engine import plan_for_key_probes, reading
 from orders_etl.store.schema import order_rejects, raw_orders, raw_orders_pending, sync_state
 from orders_etl.store.types import UtcDateTime, parse_sqlite_datetime, sqlite_datetime
 
@@ -203,6 +203,7 @@ def _landed_before(conn: Connection, source: str, keys: list[str]) -> set[tuple[
     keys in one parameter, each key one probe of the unique index. Through the driver: a
     million rows through SQLAlchemy's result rows cost seconds."""
     sql, bound = landed_before_query(conn.dialect.name, keys)
+    plan_for_key_probes(conn)
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
         cursor.execute(sql, {"source": source, "keys": bound})
@@ -331,6 +332,7 @@ def iter_raw(
         if conn.dialect.name == "sqlite":
             yield from _iter_sqlite(conn, query, chunk_size)
             return
+        plan_for_key_probes(conn)  # the queue joined to raw_orders by raw_id
         result = conn.execution_options(yield_per=chunk_size).execute(query)
         for partition in result.partitions(chunk_size):
             yield [

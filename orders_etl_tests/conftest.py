@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -19,6 +21,7 @@ import sqlalchemy as sa
 from orders_etl.store import OrderStore
 from orders_etl.store.engine import create_store_engine
 
+ROOT = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("ORDERS_ETL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 _pg_status: dict[str, str | None] = {}
 
@@ -88,3 +91,31 @@ def store(store_url) -> Iterator[OrderStore]:
     store = OrderStore(create_store_engine(store_url))
     yield store
     store.dispose()
+
+
+@contextmanager
+def postgres_dagster_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """``home`` with the shipped dagster.yaml.example, on a PostgreSQL database of its own
+    (its ``DAGSTER_PG_*`` variables set), dropped afterwards."""
+    require_postgres()
+    database = f"dagster_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {database}"))
+    server = sa.make_url(PG_URL)
+    for name, value in {
+        "DAGSTER_PG_HOST": server.host,
+        "DAGSTER_PG_PORT": str(server.port or 5432),
+        "DAGSTER_PG_DB": database,
+        "DAGSTER_PG_USER": server.username,
+        "DAGSTER_PG_PASSWORD": server.password or "unused-with-trust-auth",
+    }.items():
+        monkeypatch.setenv(name, value)
+    home.mkdir()
+    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml.example").read_text())
+    try:
+        yield home
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE {database} WITH (FORCE)"))
+        admin.dispose()

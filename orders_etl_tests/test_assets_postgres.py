@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import dagster as dg
 import pytest
-import sqlalchemy as sa
 
 from orders_etl.definitions import ASSETS
 from orders_etl.store import OrderStore
 from orders_etl_tests import dagster_doubles as doubles
-from orders_etl_tests.conftest import PG_URL
+from orders_etl_tests.conftest import postgres_dagster_home
 
 pytestmark = pytest.mark.postgres
 
@@ -94,37 +91,19 @@ def test_range_backfill_on_postgres_with_multiprocess_executor(pg_store, tmp_pat
 @pytest.mark.timeout(300)
 def test_production_dagster_yaml_runs_the_graph_on_postgres(pg_url, tmp_path, monkeypatch):
     """dagster.yaml.example, as shipped: Dagster's storage in a PostgreSQL database of its own."""
-    database = f"dagster_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE {database}"))
-    server = sa.make_url(PG_URL)
-    for name, value in {
-        "DAGSTER_PG_HOST": server.host,
-        "DAGSTER_PG_PORT": str(server.port or 5432),
-        "DAGSTER_PG_DB": database,
-        "DAGSTER_PG_USER": server.username,
-        "DAGSTER_PG_PASSWORD": server.password or "unused-with-trust-auth",
-    }.items():
-        monkeypatch.setenv(name, value)
     monkeypatch.setenv("ORDERS_ETL_DATABASE_URL", pg_url)
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(ROOT / "dagster.yaml.example", home / "dagster.yaml")
-    try:
-        with dg.DagsterInstance.from_config(str(home)) as instance:
-            assert type(instance.run_storage).__name__ == "PostgresRunStorage"
-            assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
-            data = doubles.write_march(tmp_path / "sources.json")
-            result = dg.materialize(
-                ASSETS, resources=doubles.double_resources(str(data)), instance=instance, tags=RANGE_TAGS
-            )
-            assert result.success
-            assert instance.get_run_by_id(result.run_id).status == dg.DagsterRunStatus.SUCCESS
-        store = OrderStore.from_url(pg_url)
-        doubles.assert_march_synced(store)
-        store.dispose()
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"DROP DATABASE {database} WITH (FORCE)"))
-        admin.dispose()
+    with (
+        postgres_dagster_home(tmp_path / "dagster_home", monkeypatch) as home,
+        dg.DagsterInstance.from_config(str(home)) as instance,
+    ):
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+        data = doubles.write_march(tmp_path / "sources.json")
+        result = dg.materialize(
+            ASSETS, resources=doubles.double_resources(str(data)), instance=instance, tags=RANGE_TAGS
+        )
+        assert result.success
+        assert instance.get_run_by_id(result.run_id).status == dg.DagsterRunStatus.SUCCESS
+    store = OrderStore.from_url(pg_url)
+    doubles.assert_march_synced(store)
+    store.dispose()

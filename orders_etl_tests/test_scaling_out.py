@@ -39,14 +39,13 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-import sqlalchemy as sa
 
 from orders_etl.definitions import ASSETS
 from orders_etl.defs.partitions import daily_partitions
 from orders_etl.defs.store.resources import StoreResource
 from orders_etl.store import OrderStore
 from orders_etl_tests import dagster_doubles as doubles
-from orders_etl_tests.conftest import PG_URL, fresh_pg_url
+from orders_etl_tests.conftest import fresh_pg_url, postgres_dagster_home
 from orders_etl_tests.crash_harness import ROOT, marks_and_keys, updated_keys
 
 pytestmark = pytest.mark.postgres
@@ -221,24 +220,9 @@ def range_tags(first: str, last: str) -> dict[str, str]:
 
 
 @contextmanager
-def postgres_dagster_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """``home`` with the shipped dagster.yaml.example, on a PostgreSQL database of its own."""
-    database = f"dagster_{os.urandom(5).hex()}"
-    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE {database}"))
-    server = sa.make_url(PG_URL)
-    for name, value in {
-        "DAGSTER_PG_HOST": server.host,
-        "DAGSTER_PG_PORT": str(server.port or 5432),
-        "DAGSTER_PG_DB": database,
-        "DAGSTER_PG_USER": server.username,
-        "DAGSTER_PG_PASSWORD": server.password or "unused-with-trust-auth",
-    }.items():
-        monkeypatch.setenv(name, value)
-    home.mkdir()
-    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml.example").read_text())
-    try:
+def pooled_dagster_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A Dagster home on PostgreSQL whose tables and pools exist before any run."""
+    with postgres_dagster_home(home, monkeypatch):
         # Create Dagster's tables once (as `dagster instance migrate` does), and each pool's
         # limit (as `dagster instance concurrency set <pool> 1` does): two runs creating a
         # pool's row at once fail on PostgreSQL (docs/dagster.md, "Scaling out").
@@ -246,10 +230,6 @@ def postgres_dagster_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
             for pool in sorted(set(POOLS.values())):
                 instance.event_log_storage.set_concurrency_slots(pool, 1)
         yield home
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"DROP DATABASE {database} WITH (FORCE)"))
-        admin.dispose()
 
 
 def start_run(home: Path, config: Path, tags: dict[str, str], log: Path, *args: str) -> subprocess.Popen:
@@ -406,7 +386,7 @@ def test_thirty_days_in_three_concurrent_runs_equal_the_ranges_run_in_sequence(
 
     config = tmp_path / "multiprocess.json"  # JSON is YAML
     config.write_text(json.dumps(MULTIPROCESS))
-    with postgres_dagster_home(tmp_path / "dagster_home", monkeypatch) as home:
+    with pooled_dagster_home(tmp_path / "dagster_home", monkeypatch) as home:
         logs = [tmp_path / f"range-{n}.log" for n in range(len(RANGES))]
         runs = [start_run(home, config, range_tags(*days), logs[n]) for n, days in enumerate(RANGES)]
         with stopped_on_exit(runs):

@@ -37,6 +37,7 @@ from orders_etl.store import LandedRecord, OrderStore, RawRecord
 from orders_etl.store.landing import dump_payload, storable_key
 from orders_etl.store.schema import (
     ORDER_FIELDS,
+    landed_inputs,
     order_rejects,
     orders,
     raw_orders,
@@ -227,7 +228,15 @@ def canonical(value: Any) -> str:
 def empty_store(store: OrderStore) -> None:
     """Examples of one test share the store fixture: each starts from empty tables."""
     with store.engine.begin() as conn:
-        for table in (raw_orders, raw_orders_pending, order_rejects, source_orders, orders, sync_state):
+        for table in (
+            raw_orders,
+            raw_orders_pending,
+            landed_inputs,
+            order_rejects,
+            source_orders,
+            orders,
+            sync_state,
+        ):
             conn.execute(table.delete())
 
 

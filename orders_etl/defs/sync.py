@@ -23,7 +23,7 @@ from pydantic import Field
 
 from orders_etl.model import InvalidOrder, Reject, Source
 from orders_etl.sources.base import Log, Normalized, SourceError, batches, read_ahead
-from orders_etl.store import LandedRecord, OrderStore, RawRecord, UpsertCounts
+from orders_etl.store import LandedInput, LandedRecord, OrderStore, RawRecord, UpsertCounts
 from orders_etl.store.engine import reading
 from orders_etl.store.frames import FRAME_COLUMNS, NO_KEY, canonical_text, rows_to_table
 from orders_etl.store.landing import LANDING_CHUNK_SIZE
@@ -161,6 +161,8 @@ class LandOutcome:
     fetched: int = 0
     landed: int = 0
     preview: list[RawRecord] = field(default_factory=list)
+    # Set when the input was not read: a run landed this very input whole before.
+    unchanged_since: LandedInput | None = None
 
 
 def land(
@@ -170,7 +172,13 @@ def land(
     make_reader: Callable[[], Reader],
     window: SyncWindow,
 ) -> LandOutcome:
-    """Fetch the window from the source and land every payload in ``raw_orders``."""
+    """Fetch the window from the source and land every payload in ``raw_orders``.
+
+    A file-backed reader (one with a ``fingerprint``) whose input a run has landed whole
+    over a window holding this one is not read again: each of its records is in
+    ``raw_orders`` already. Once an input is landed whole, its fingerprint is recorded,
+    if the input did not change while it was read.
+    """
     outcome = LandOutcome()
 
     def counted(records: Iterable[RawRecord]) -> Iterator[RawRecord]:
@@ -189,17 +197,40 @@ def land(
         while not messages.empty():
             context.log.info(messages.get())
 
+    run_id = context.run.run_id
     with frozen_heap(), opened(source, make_reader) as reader:
+        fingerprint = input_fingerprint(reader)
+        if fingerprint is not None:
+            before = store.landed_whole(source, fingerprint, window.start, window.end)
+            if before is not None:
+                context.log.info(
+                    f"{source}: input unchanged since run {before.run_id} landed its {before.records} "
+                    f"records on {before.landed_at:%Y-%m-%d %H:%M} UTC, over a window holding this "
+                    "one: nothing new to land, not read again"
+                )
+                outcome.unchanged_since = before
+                return outcome
         records = counted(reader.fetch(window.start, window.end, messages.put))
         try:
             for chunk in read_ahead(records, LANDING_CHUNK_SIZE):
-                outcome.landed += store.land_raw(source, chunk, run_id=context.run.run_id)
+                outcome.landed += store.land_raw(source, chunk, run_id=run_id)
                 log_messages()
                 context.log.debug(f"{source}: {outcome.fetched} records read, {outcome.landed} landed")
         finally:
             log_messages()
+        if fingerprint is not None and input_fingerprint(reader) == fingerprint:
+            store.remember_landed(
+                source, fingerprint, window.start, window.end, outcome.fetched, run_id=run_id
+            )
     context.log.info(f"{source}: fetched {outcome.fetched} records, {outcome.landed} new payloads landed")
     return outcome
+
+
+def input_fingerprint(reader: Reader) -> str | None:
+    """A file-backed reader's fingerprint of its input (``orders_etl.sources.fingerprint``);
+    None for a reader of an API, whose answers cannot be known unchanged without reading them."""
+    fingerprint = getattr(reader, "fingerprint", None)
+    return None if fingerprint is None else fingerprint()
 
 
 def raw_result(
@@ -209,18 +240,19 @@ def raw_result(
         {"record_key": r.record_key, "updated_at": r.updated_at.isoformat() if r.updated_at else ""}
         for r in outcome.preview
     ]
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": count_rows(store, raw_orders, raw_orders.c.source == source.value),
-            "fetched": outcome.fetched,
-            "landed": outcome.landed,
-            "window": window.describe(),
-            "source": source.value,
-            "reads": label,
-            "store": store.masked_url,
-            "preview": dg.MetadataValue.md(markdown_table(["record_key", "updated_at"], rows)),
-        }
-    )
+    metadata: dict[str, Any] = {
+        "dagster/row_count": count_rows(store, raw_orders, raw_orders.c.source == source.value),
+        "fetched": outcome.fetched,
+        "landed": outcome.landed,
+        "window": window.describe(),
+        "source": source.value,
+        "reads": label,
+        "store": store.masked_url,
+        "preview": dg.MetadataValue.md(markdown_table(["record_key", "updated_at"], rows)),
+    }
+    if outcome.unchanged_since is not None:
+        metadata["unchanged_since_run"] = outcome.unchanged_since.run_id or ""
+    return dg.MaterializeResult(metadata=metadata)
 
 
 # ---------------------------------------------------------------------------------------

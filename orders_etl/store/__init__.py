@@ -19,12 +19,12 @@ from sqlalchemy.engine import Engine
 from orders_etl.model import OrderRecord, Reject, Source
 from orders_etl.store import landing
 from orders_etl.store.engine import create_store_engine, database_url_from_env, masked_url, reading
-from orders_etl.store.landing import LandedRecord, RawRecord
+from orders_etl.store.landing import LandedInput, LandedRecord, RawRecord
 from orders_etl.store.migrate import ensure_schema
 from orders_etl.store.schema import ORDER_FIELDS, orders, source_orders
 from orders_etl.store.upsert import DEFAULT_CHUNK_SIZE, UpsertCounts, chunked, upsert_frames, upsert_orders
 
-__all__ = ["LandedRecord", "OrderStore", "RawRecord", "UpsertCounts"]
+__all__ = ["LandedInput", "LandedRecord", "OrderStore", "RawRecord", "UpsertCounts"]
 
 
 class OrderStore:
@@ -129,6 +129,25 @@ class OrderStore:
         self, source: str | Source, records: Iterable[RawRecord], *, run_id: str | None = None
     ) -> int:
         return landing.land_raw(self.engine, Source(source).value, records, run_id=run_id)
+
+    def landed_whole(
+        self, source: str | Source, fingerprint: str, start: datetime | None, end: datetime | None
+    ) -> LandedInput | None:
+        return landing.landed_whole(self.engine, Source(source).value, fingerprint, start, end)
+
+    def remember_landed(
+        self,
+        source: str | Source,
+        fingerprint: str,
+        start: datetime | None,
+        end: datetime | None,
+        records: int,
+        *,
+        run_id: str | None = None,
+    ) -> None:
+        landing.remember_landed(
+            self.engine, Source(source).value, fingerprint, start, end, records, run_id=run_id
+        )
 
     def iter_raw(
         self,

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from orders_etl.model import Reject
 from orders_etl.store.engine import reading
-from orders_etl.store.schema import order_rejects, raw_orders, raw_orders_pending, sync_state
+from orders_etl.store.schema import landed_inputs, order_rejects, raw_orders, raw_orders_pending, sync_state
 from orders_etl.store.types import UtcDateTime, parse_sqlite_datetime, sqlite_datetime
 
 LANDING_CHUNK_SIZE = 5_000
@@ -284,6 +284,61 @@ def _land_postgresql(
         {"source": source, "fetched_at": fetched_at, "run_id": run_id},
     )
     return result.rowcount
+
+
+@dataclass(frozen=True, slots=True)
+class LandedInput:
+    """A file input a run landed whole: its records, when, by which run."""
+
+    records: int
+    landed_at: datetime
+    run_id: str | None
+
+
+def landed_whole(
+    engine: Engine, source: str, fingerprint: str, start: datetime | None, end: datetime | None
+) -> LandedInput | None:
+    """The last landing of the input ``fingerprint`` over a window that holds ``[start, end)``
+    (None: unbounded), if there was one: every record of the input in the window is landed."""
+    query = sa.select(landed_inputs.c.records, landed_inputs.c.landed_at, landed_inputs.c.run_id).where(
+        landed_inputs.c.source == source, landed_inputs.c.fingerprint == fingerprint
+    )
+    start_held = landed_inputs.c.window_start.is_(None)
+    if start is not None:
+        start_held = sa.or_(start_held, landed_inputs.c.window_start <= start)
+    end_held = landed_inputs.c.window_end.is_(None)
+    if end is not None:
+        end_held = sa.or_(end_held, landed_inputs.c.window_end >= end)
+    query = query.where(start_held, end_held).order_by(landed_inputs.c.input_id.desc()).limit(1)
+    with reading(engine).connect() as conn:
+        row = conn.execute(query).first()
+    return None if row is None else LandedInput(*row)
+
+
+def remember_landed(
+    engine: Engine,
+    source: str,
+    fingerprint: str,
+    start: datetime | None,
+    end: datetime | None,
+    records: int,
+    *,
+    run_id: str | None = None,
+) -> None:
+    """Record that every record of the input ``fingerprint`` in ``[start, end)`` is landed:
+    call only once the last chunk has committed."""
+    with engine.begin() as conn:
+        conn.execute(
+            landed_inputs.insert().values(
+                source=source,
+                fingerprint=fingerprint,
+                window_start=start,
+                window_end=end,
+                records=records,
+                landed_at=datetime.now(UTC),
+                run_id=run_id,
+            )
+        )
 
 
 def _in_window(

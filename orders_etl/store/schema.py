@@ -105,6 +105,23 @@ raw_orders_pending = sa.Table(
     sa.Column("raw_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
 )
 
+# The inputs landed whole (migration 0005): a file-backed reader's fingerprint and the
+# window a run landed it over. A re-sync of the same input over a window inside that one
+# has nothing new to land, and skips reading it.
+landed_inputs = sa.Table(
+    "landed_inputs",
+    metadata,
+    sa.Column("input_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("fingerprint", sa.Text, nullable=False),
+    sa.Column("window_start", UtcDateTime),
+    sa.Column("window_end", UtcDateTime),
+    sa.Column("records", sa.BigInteger, nullable=False),
+    sa.Column("landed_at", UtcDateTime, nullable=False),
+    sa.Column("run_id", sa.Text),
+    sa.Index("ix_landed_inputs_fingerprint", "source", "fingerprint"),
+)
+
 order_rejects = sa.Table(
     "order_rejects",
     metadata,

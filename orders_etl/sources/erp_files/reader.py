@@ -37,6 +37,7 @@ from orders_etl.sources.erp_files.dialect import (
 )
 from orders_etl.sources.erp_files.fast import payload_text
 from orders_etl.sources.erp_files.records import Record, RecordReader, plain_record
+from orders_etl.sources.fingerprint import input_fingerprint
 from orders_etl.store import RawRecord
 
 SOURCE = Source.ERP_FILES.value
@@ -65,6 +66,11 @@ def in_window(when: datetime, start: datetime | None, end: datetime | None) -> b
     return (start is None or when >= start) and (end is None or when < end)
 
 
+def _file_name(root: Path, path: Path) -> str:
+    """A file's name in its records' keys: its name, or its path inside the export folder."""
+    return path.name if path == root else str(path.relative_to(root))
+
+
 class ErpFileReader:
     """Reads the export(s) at ``path`` (a file, or a folder of files) written in ``dialect``."""
 
@@ -85,6 +91,12 @@ class ErpFileReader:
                 if p.is_file() and p.suffix.lower() in EXPORT_SUFFIXES and not p.name.startswith((".", "~"))
             )
         raise SourceError(SOURCE, f"export path {self.path} does not exist (set ERP_EXPORT_PATH)")
+
+    def fingerprint(self) -> str:
+        """What :meth:`fetch` would read, as one digest: the files (names, times, bytes) and
+        the dialect (see ``orders_etl.sources.fingerprint``)."""
+        files = [(_file_name(self.path, path), path) for path in self.files()]
+        return input_fingerprint(type(self).__name__, files, self.dialect.model_dump_json().encode())
 
     def fetch(
         self, start: datetime | None = None, end: datetime | None = None, log: Log = no_log
@@ -109,7 +121,7 @@ class _FileRead:
         self.dialect = reader.dialect
         self.dates = reader.dates
         self.path = path
-        self.name = path.name if path == reader.path else str(path.relative_to(reader.path))
+        self.name = _file_name(reader.path, path)
         self.start, self.end, self.log = start, end, log
         self.mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC)
         self.rows = self.yielded = self.errors = self.outside = self.blank = 0

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from orders_etl.sources.base import CredentialRejected, Log, SourceError, no_log
+from orders_etl.sources.fingerprint import input_fingerprint
 from orders_etl.sources.shopify.auth import ClientCredentialsToken, StaticAccessToken, TokenProvider
 from orders_etl.sources.shopify.bulk import (
     BulkFileStats,
@@ -143,9 +144,17 @@ class ShopifyBulkFileReader:
     def __repr__(self) -> str:
         return f"ShopifyBulkFileReader({str(self.path)!r})"
 
-    def fetch(self, start: datetime | None, end: datetime | None, log: Log = no_log) -> Iterator[RawRecord]:
+    def fingerprint(self) -> str:
+        """What :meth:`fetch` would read, as one digest (see ``orders_etl.sources.fingerprint``)."""
+        self._check_exists()
+        return input_fingerprint(type(self).__name__, [(self.path.name, self.path)])
+
+    def _check_exists(self) -> None:
         if not self.path.is_file():
             raise SourceError(SOURCE, f"bulk file {self.path} does not exist (set SHOPIFY_BULK_FILE)")
+
+    def fetch(self, start: datetime | None, end: datetime | None, log: Log = no_log) -> Iterator[RawRecord]:
+        self._check_exists()
         summary = FetchSummary("file", start, end)
         self.last_fetch = summary
         log(f"shopify: reading bulk file {self.path}")

@@ -13,7 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from orders_etl.model import Reject
 from orders_etl.store import OrderStore, RawRecord, names_query
 from orders_etl.store.engine import create_store_engine, masked_url
-from orders_etl.store.landing import landed_before_query, pending_query
+from orders_etl.store.landing import land_raw, landed_before_query, pending_query
 from orders_etl.store.schema import metadata, orders, source_orders
 from orders_etl_tests.factories import BASE_TIME, order
 
@@ -237,6 +237,41 @@ def test_raw_landing_is_idempotent(store: OrderStore) -> None:
     store.land_raw("shopify", [RawRecord("line:9", None, {"_unparsed_line": "{oops"})])
     landed = [r.record_key for chunk in store.iter_raw("shopify", BASE_TIME, LATER) for r in chunk]
     assert sorted(landed) == ["1", "line:9"]  # in no particular order
+
+
+def test_a_version_sent_twice_in_one_landing_is_landed_once(store: OrderStore) -> None:
+    """Repeated within a chunk or across chunks, a version is landed, counted and queued once."""
+    version = {"id": 1, "total": Decimal("10.10")}
+    records = [
+        RawRecord("1", BASE_TIME, version),
+        RawRecord("1", BASE_TIME, dict(version)),  # same chunk
+        RawRecord("2", LATER, {"id": 2}),
+        RawRecord("1", BASE_TIME, dict(version)),  # a later chunk
+        RawRecord("1", LATER, {"id": 1, "total": "11.00"}),  # a new version of the same key
+    ]
+    assert land_raw(store.engine, "shopify", records, chunk_size=3) == 3
+    assert store.count("raw_orders") == 3
+    assert _pending(store) == ["1", "1", "2"]
+
+
+def test_an_input_landed_whole_holds_the_windows_inside_its_own(store: OrderStore) -> None:
+    day = timedelta(days=1)
+    start, end = BASE_TIME, BASE_TIME + 10 * day
+    assert store.landed_whole("erp_files", "f1", start, end) is None
+    store.remember_landed("erp_files", "f1", start, end, 7, run_id="r1")
+    found = store.landed_whole("erp_files", "f1", start + day, end - day)
+    assert found is not None and (found.records, found.run_id) == (7, "r1")
+    assert store.landed_whole("erp_files", "f1", start, end) is not None
+    assert store.landed_whole("erp_files", "f1", start - day, end) is None  # begins before
+    assert store.landed_whole("erp_files", "f1", start, end + day) is None  # ends after
+    assert store.landed_whole("erp_files", "f1", None, end) is None  # unbounded
+    assert store.landed_whole("erp_files", "f2", start, end) is None  # another input
+    assert store.landed_whole("shopify", "f1", start, end) is None  # another source
+    # Landed from the beginning: holds every earlier start; the latest landing is reported.
+    store.remember_landed("erp_files", "f1", None, end + day, 9, run_id="r2")
+    found = store.landed_whole("erp_files", "f1", None, end)
+    assert found is not None and found.run_id == "r2"
+    assert store.landed_whole("erp_files", "f1", start - 5 * day, end + day).run_id == "r2"
 
 
 def _pending(store: OrderStore, **window) -> list[str]:

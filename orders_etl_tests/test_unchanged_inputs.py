@@ -1,11 +1,10 @@
 """A file input that a run landed whole is not read again over a window inside that run's.
 
-(The store side runs on SQLite and PostgreSQL in the first test; the rest is the step's
-logic, on SQLite.)
-
 The real graph over the real file readers (copies of the bundled samples) into a real
 store: the second sync of unchanged files reads neither and leaves the store as it was; a
-changed byte, a file's new time, a wider window or a failed landing make it read again.
+changed byte, a file's new time, a wider window, a failed landing or a file changed while it
+was read make it read again. (The first test runs on SQLite and PostgreSQL; the others test
+the step's logic, on SQLite.)
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from orders_etl.defs.erp.resources import ErpFilesResource
 from orders_etl.defs.orders.checks import orders_checks
 from orders_etl.defs.shopify.resources import ShopifyBulkFileResource
 from orders_etl.defs.store.resources import StoreResource
+from orders_etl.sources.base import no_log
 from orders_etl.sources.erp_files import ErpFileReader, load_dialect
 from orders_etl.sources.shopify import ShopifyBulkFileReader
 from orders_etl.store import OrderStore
@@ -43,12 +43,34 @@ def files(tmp_path: Path) -> Path:
     return folder
 
 
+class EditedWhileRead(ShopifyBulkFileReader):
+    """A bulk file that gets a line appended while it is read (a blank one: no record)."""
+
+    def fetch(self, start, end, log=no_log):
+        for index, record in enumerate(super().fetch(start, end, log)):
+            if index == 0:
+                with self.path.open("ab") as stream:
+                    stream.write(b"\n")
+            yield record
+
+
+class EditedWhileReadResource(ShopifyBulkFileResource):
+    def reader(self) -> ShopifyBulkFileReader:
+        return EditedWhileRead(self.path)
+
+
 def sync(
-    files: Path, url: str, instance: dg.DagsterInstance, first: str, last: str, erp: str = "erp_orders.csv"
+    files: Path,
+    url: str,
+    instance: dg.DagsterInstance,
+    first: str,
+    last: str,
+    erp: str = "erp_orders.csv",
+    shopify: type[ShopifyBulkFileResource] = ShopifyBulkFileResource,
 ):
     resources = {
         "store": StoreResource(database_url=url),
-        "shopify": ShopifyBulkFileResource(path=str(files / "shopify_orders.jsonl")),
+        "shopify": shopify(path=str(files / "shopify_orders.jsonl")),
         "erp": ErpFilesResource(path=str(files / erp), dialect_path=str(files / "erp_orders.dialect.toml")),
     }
     return dg.materialize(
@@ -171,6 +193,22 @@ def test_an_input_whose_landing_failed_is_read_again(files, sqlite_url):
         assert fixed.success
         found = raw_metadata(fixed, "erp/raw_orders")
         assert "unchanged_since_run" not in found and found["fetched"] > 0
+
+
+def test_a_file_changed_while_it_was_read_is_read_again(files, sqlite_url):
+    with dg.instance_for_test() as instance:
+        edited = sync(files, sqlite_url, instance, *WHOLE_RANGE, shopify=EditedWhileReadResource)
+        assert edited.success and raw_metadata(edited, "shopify/raw_orders")["landed"] > 0
+        store = OrderStore.from_url(sqlite_url)
+        try:
+            assert store.count("landed_inputs") == 1  # the ERP export's only
+        finally:
+            store.dispose()
+        again = sync(files, sqlite_url, instance, *WHOLE_RANGE)
+        assert again.success
+        found = raw_metadata(again, "shopify/raw_orders")
+        assert "unchanged_since_run" not in found and found["fetched"] > 0 and found["landed"] == 0
+        assert "unchanged_since_run" in raw_metadata(again, "erp/raw_orders")
 
 
 def test_fingerprints_change_with_any_input_and_only_then(files, tmp_path):

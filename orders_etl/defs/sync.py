@@ -199,7 +199,7 @@ def land(
 
     run_id = context.run.run_id
     with frozen_heap(), opened(source, make_reader) as reader:
-        fingerprint = input_fingerprint(reader)
+        fingerprint = fingerprint_of(reader)
         if fingerprint is not None:
             before = store.landed_whole(source, fingerprint, window.start, window.end)
             if before is not None:
@@ -218,7 +218,7 @@ def land(
                 context.log.debug(f"{source}: {outcome.fetched} records read, {outcome.landed} landed")
         finally:
             log_messages()
-        if fingerprint is not None and input_fingerprint(reader) == fingerprint:
+        if fingerprint is not None and fingerprint_of(reader) == fingerprint:
             store.remember_landed(
                 source, fingerprint, window.start, window.end, outcome.fetched, run_id=run_id
             )
@@ -226,7 +226,7 @@ def land(
     return outcome
 
 
-def input_fingerprint(reader: Reader) -> str | None:
+def fingerprint_of(reader: Reader) -> str | None:
     """A file-backed reader's fingerprint of its input (``orders_etl.sources.fingerprint``);
     None for a reader of an API, whose answers cannot be known unchanged without reading them."""
     fingerprint = getattr(reader, "fingerprint", None)

@@ -374,6 +374,8 @@ def _stage_counts(stage: Stage) -> str:
             f", not passed: {', '.join(failed)}" if failed else ""
         )
     m = stage.metadata
+    if "unchanged_since_run" in m:
+        return f"input unchanged since run {m['unchanged_since_run'][:8]}: not read again"
     if "fetched" in m:
         return f"fetched {m['fetched']}, landed {m['landed']}"
     if "inserted" in m:

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -356,6 +357,9 @@ def test_a_full_re_sync_leaves_the_same_store_same_ids(synced, tmp_path):
     before = snapshot(url)
     result = run_cli("sync", "--start", "2026-01-01", ORDERS_ETL_DATABASE_URL=url)
     assert result.returncode == 0, result.stderr
+    # The same files over the same range: neither is read again (landed_inputs).
+    for stage in ("shopify/raw_orders", "erp/raw_orders"):
+        assert re.search(rf"done  {stage} +input unchanged since run \w{{8}}: not read again", result.stdout)
     after = snapshot(url)
     # Every column of the orders (ids, values, synced_at) and of the raw landing is unchanged.
     for table in ("orders", "source_orders", "raw_orders"):

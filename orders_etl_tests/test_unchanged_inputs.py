@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
@@ -22,10 +24,10 @@ from orders_etl.defs.erp.resources import ErpFilesResource
 from orders_etl.defs.orders.checks import orders_checks
 from orders_etl.defs.shopify.resources import ShopifyBulkFileResource
 from orders_etl.defs.store.resources import StoreResource
-from orders_etl.sources.base import no_log
+from orders_etl.sources.base import Log, no_log
 from orders_etl.sources.erp_files import ErpFileReader, load_dialect
 from orders_etl.sources.shopify import ShopifyBulkFileReader
-from orders_etl.store import OrderStore
+from orders_etl.store import OrderStore, RawRecord
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 # Every sample order is updated in September or October 2026.
@@ -46,7 +48,7 @@ def files(tmp_path: Path) -> Path:
 class EditedWhileRead(ShopifyBulkFileReader):
     """A bulk file that gets a line appended while it is read (a blank one: no record)."""
 
-    def fetch(self, start, end, log=no_log):
+    def fetch(self, start: datetime | None, end: datetime | None, log: Log = no_log) -> Iterator[RawRecord]:
         for index, record in enumerate(super().fetch(start, end, log)):
             if index == 0:
                 with self.path.open("ab") as stream:
@@ -83,9 +85,8 @@ def sync(
 
 
 def raw_metadata(result: dg.ExecuteInProcessResult, key: str) -> dict:
-    [event] = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == key][
-        :1
-    ]
+    events = result.get_asset_materialization_events()
+    event = next(e for e in events if e.asset_key.to_user_string() == key)  # (one per day, alike)
     return {name: value.value for name, value in event.materialization.metadata.items()}
 
 
@@ -106,9 +107,8 @@ def test_a_second_sync_of_unchanged_files_reads_neither_and_changes_nothing(file
         first = sync(files, store_url, instance, *WHOLE_RANGE)
         assert first.success
         for key in RAW_ASSETS:
-            assert raw_metadata(first, key)["fetched"] > 0 and "unchanged_since_run" not in raw_metadata(
-                first, key
-            )
+            found = raw_metadata(first, key)
+            assert found["fetched"] > 0 and "unchanged_since_run" not in found, key
         before = snapshot(store_url)
 
         again = sync(files, store_url, instance, *WHOLE_RANGE)

@@ -5,8 +5,8 @@ a pool slot by selecting a free slot row ``FOR UPDATE SKIP LOCKED`` and then upd
 as two statements on an autocommit connection: the row lock ends with the select, and two runs
 claiming together both select the same free slot and both update it. Both steps then run, and
 a pool of one lets two clients at an API. Three runs of the scaling-out test starting at once
-met it; four threads claiming a pool of one did in 28 rounds of 100
-(``orders_etl_tests/test_instance_storage.py``).
+met it; four claimers of a pool of one, all at one moment, met it in 28 rounds of 100, and
+``orders_etl_tests/test_instance_storage.py`` fails on Dagster's own claim.
 
 The claim below takes the slot only while it is still free, in the update itself, so the
 slot row is the semaphore Dagster means it to be: a step that loses the race is told BLOCKED

@@ -382,7 +382,7 @@ def _sources_present(conn: Connection) -> list[str]:
     ]
 
 
-def _golden_select(sources: list[str]) -> str:
+def _golden_select(sources: list[str], dialect: str) -> str:
     """SELECT of the merged golden row for every staged key (each an insert or an update).
 
     One primary-key lookup per present source and key (no grouping); the origin is the
@@ -399,13 +399,26 @@ def _golden_select(sources: list[str]) -> str:
             expressions.append(f"CASE {branches} END AS {field}")
         else:
             expressions.append(f"COALESCE({', '.join(f'{a}.{field}' for a in aliases.values())}) AS {field}")
-    joins = " ".join(
-        f"LEFT JOIN source_orders AS {a} ON {a}.source = '{s}' AND {a}.external_id = st.external_id"
-        for s, a in aliases.items()
-    )
+    joins = " ".join(_source_row(s, a, dialect) for s, a in aliases.items())
     return (
         f"SELECT st.pos AS pos, st.candidate_id AS candidate_id, st.external_id AS external_id, "
         f"{', '.join(expressions)}, CASE {origin} END AS origin FROM staging_orders AS st {joins}"
+    )
+
+
+def _source_row(source: str, alias: str, dialect: str) -> str:
+    """The join of a staged key's row in ``source``: on PostgreSQL a LATERAL probe of the
+    key, fenced by OFFSET 0, whatever the statistics. They lag a bulk load: a planner that
+    believed the ERP held 300 orders read all of them again for every staged key, and the
+    ERP normalize of 100,000 orders in batches of 5,000 took 52 s instead of 5 s."""
+    if dialect == "postgresql":
+        return (
+            f"LEFT JOIN LATERAL (SELECT * FROM source_orders WHERE source = '{source}' "
+            f"AND external_id = st.external_id OFFSET 0) AS {alias} ON true"
+        )
+    return (
+        f"LEFT JOIN source_orders AS {alias} "
+        f"ON {alias}.source = '{source}' AND {alias}.external_id = st.external_id"
     )
 
 
@@ -418,23 +431,31 @@ def _single_source_select(source: str) -> str:
 
 
 def _merge_golden(conn: Connection, source: str, synced_at: datetime) -> int:
-    present = _sources_present(conn)
-    select = _single_source_select(source) if present == [source] else _golden_select(present)
-    distinct = "IS NOT" if conn.dialect.name == "sqlite" else "IS DISTINCT FROM"
+    result = conn.execute(
+        sa.text(golden_merge_sql(conn, source, _sources_present(conn))).bindparams(
+            sa.bindparam("synced_at", type_=UtcDateTime())
+        ),
+        {"synced_at": synced_at},
+    )
+    return result.rowcount
+
+
+def golden_merge_sql(conn: Connection, source: str, present: list[str]) -> str:
+    """SQL (parameter ``synced_at``): merge the golden rows of the staged keys, written by
+    ``source``, when ``present`` are the sources holding orders."""
+    dialect = conn.dialect.name
+    select = _single_source_select(source) if present == [source] else _golden_select(present, dialect)
+    distinct = "IS NOT" if dialect == "sqlite" else "IS DISTINCT FROM"
     compared = (*ORDER_FIELDS, "origin")
     changed = " OR ".join(f"orders.{c} {distinct} excluded.{c}" for c in compared)
     assignments = ", ".join(f"{c} = excluded.{c}" for c in (*compared, "synced_at"))
     names = ", ".join(compared)
-    result = conn.execute(
-        sa.text(
-            f"INSERT INTO orders (id, external_id, {names}, synced_at) "
-            f"SELECT g.candidate_id, g.external_id, {', '.join('g.' + c for c in compared)}, :synced_at "
-            f"FROM ({select}) AS g WHERE true {_in_key_order(conn, 'g.')}"
-            f"ON CONFLICT (external_id) DO UPDATE SET {assignments} WHERE {changed}"
-        ).bindparams(sa.bindparam("synced_at", type_=UtcDateTime())),
-        {"synced_at": synced_at},
+    return (
+        f"INSERT INTO orders (id, external_id, {names}, synced_at) "
+        f"SELECT g.candidate_id, g.external_id, {', '.join('g.' + c for c in compared)}, :synced_at "
+        f"FROM ({select}) AS g WHERE true {_in_key_order(conn, 'g.')}"
+        f"ON CONFLICT (external_id) DO UPDATE SET {assignments} WHERE {changed}"
     )
-    return result.rowcount
 
 
 def _lock_writers(conn: Connection) -> None:

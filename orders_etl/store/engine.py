@@ -55,7 +55,7 @@ class _DecimalSum:
         return None if self.total is None else str(self.total)
 
 
-SQLITE_WRITE_CACHE_KIB = 64 * 1024
+SQLITE_WRITE_CACHE_KIB = 16 * 1024
 SQLITE_READ_CACHE_KIB = 8 * 1024
 
 
@@ -84,9 +84,12 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection: sa.Connection) -> None:
         read_only = connection.get_execution_options().get(_READ_ONLY, False)
-        # Page cache per connection: writes probe indexes all over (a big cache pays), reads
-        # mostly scan once (it would only hold memory). Sized per transaction because a
-        # pooled connection serves both; the bound keeps a sync's memory flat at any size.
+        # Page cache per connection: writes probe indexes all over, reads mostly scan once
+        # (a cache would only hold memory). Sized per transaction because a pooled
+        # connection serves both; the bound keeps a sync's memory flat at any size. A write
+        # cache fills only once the store outgrows it, so its size is memory that appears at
+        # scale: a 1M-order update run peaked about 40 MB higher with 64 MiB than with
+        # 16 MiB, which measured no slower (the OS caches the file's pages anyway).
         cache_kib = SQLITE_READ_CACHE_KIB if read_only else SQLITE_WRITE_CACHE_KIB
         connection.exec_driver_sql(f"PRAGMA cache_size = -{cache_kib}")
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

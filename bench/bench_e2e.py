@@ -31,7 +31,6 @@ import csv
 import io
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -220,21 +219,12 @@ def child(size: int, store: str, data: Path, pg_url: str) -> None:
                 cases[case] = run_case(definitions(data / files), end_day, sampler)
                 print(_case_lines(size, store, case, cases[case]), file=sys.stderr, flush=True)
         cases["verified"] = verify(url, data)
+    # The child's own high-water mark: ru_maxrss would count the parent's RSS at the fork
+    # (2 GB right after generating 1M orders).
+    from bench_reconcile import peak_rss_mb
+
     cases["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(cases))
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS. On Linux its own high-water mark (``VmHWM``): ``ru_maxrss``
-    also counts the parent's RSS at the fork before ``exec``, so a parent that had just
-    generated 1M orders made a child report about 2 GB that it never used."""
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:  # not Linux: ru_maxrss (kB on Linux, bytes on macOS)
-        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 1024
-    kib = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
-    return int(kib) / 1024
 
 
 @contextmanager

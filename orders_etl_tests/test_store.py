@@ -16,7 +16,7 @@ from orders_etl.store import OrderStore, RawRecord, names_query
 from orders_etl.store.engine import create_store_engine, masked_url
 from orders_etl.store.landing import land_raw, landed_before_query, pending_query
 from orders_etl.store.schema import metadata, orders, source_orders
-from orders_etl.store.upsert import _plan_for_key_probes, golden_merge_sql
+from orders_etl.store.upsert import _join_by, _plan_for_key_probes, golden_merge_sql, key_lookups_sql
 from orders_etl_tests.factories import BASE_TIME, order
 
 LATER = BASE_TIME + timedelta(hours=1)
@@ -391,6 +391,44 @@ def test_golden_merge_probes_each_source_by_key_however_stale_the_statistics(pg_
         probes = [line for line in plan.splitlines() if "on source_orders" in line]
         assert len(probes) == 2, plan
         assert all("Index Scan" in line for line in probes), plan
+        assert "Materialize" not in plan and "Bitmap" not in plan, plan
+    finally:
+        store.dispose()
+
+
+@pytest.mark.parametrize("staged", ["staging_keys", "staging_orders"])
+def test_sparse_chunks_are_classified_by_key_probes_however_stale_the_statistics(
+    pg_url: str, staged: str
+) -> None:
+    # The same stale statistics as above, on the path that classifies a chunk whose keys
+    # are spread over the store: one lookup per staged key, not the ERP read whole.
+    keys = random.Random(11).sample(range(10**9, 2 * 10**9), 20_000)
+    store = OrderStore.from_url(pg_url)
+    try:
+        store.upsert("shopify", [order(key) for key in keys])
+        store.upsert("erp_files", [order(key) for key in keys[:50]])
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE source_orders")
+        store.upsert("erp_files", [order(key) for key in keys[50:]])
+        with store.engine.begin() as conn:
+            _plan_for_key_probes(conn)  # the upsert's own planner settings, as it classifies
+            _join_by(conn, "nestloop")
+            columns = "updated_at::text" if staged == "staging_keys" else "updated_at"
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS pg_temp.{staged}")
+            conn.exec_driver_sql(
+                f"CREATE TEMP TABLE {staged} ON COMMIT DROP AS SELECT row_number() OVER () AS pos, "
+                f"external_id, {columns} AS updated_at, content_hash "
+                "FROM source_orders WHERE source = 'erp_files' LIMIT 5000"
+            )
+            plan = "\n".join(
+                row[0]
+                for row in conn.execute(
+                    sa.text(f"EXPLAIN {key_lookups_sql(staged)}"), {"source": "erp_files"}
+                )
+            )
+        probes = [line for line in plan.splitlines() if "on source_orders" in line]
+        assert len(probes) == 1, plan
+        assert "Index Scan" in probes[0], plan
         assert "Materialize" not in plan and "Bitmap" not in plan, plan
     finally:
         store.dispose()

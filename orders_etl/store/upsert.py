@@ -284,18 +284,15 @@ def _classify_postgresql(
         f"WHERE source = :source AND external_id BETWEEN (SELECT min(external_id) FROM {staged}) "
         f"AND (SELECT max(external_id) FROM {staged}) LIMIT :limit) "
     )
-    positions = "string_agg(pos::text, ',')"
-    # staging_keys holds updated_at as text; staging_orders as timestamptz.
-    version = "CAST(k.updated_at AS TIMESTAMPTZ)" if staged == "staging_keys" else None
     in_range, *row = conn.execute(
         sa.text(
             stored_range
             + _classification(
-                positions,
+                _PG_POSITIONS,
                 staged,
                 "stored",
                 first="(SELECT COUNT(*) FROM stored), ",
-                updated_at=version,
+                updated_at=_staged_version(staged),
             )
         ),
         {"source": source, "limit": limit + 1},
@@ -303,10 +300,23 @@ def _classify_postgresql(
     _join_by(conn, "nestloop")
     if in_range <= limit:
         return tuple(row)  # type: ignore[return-value]
-    lookups = _classification(
-        positions, staged, "source_orders", "AND so.source = :source", updated_at=version
+    return conn.execute(sa.text(key_lookups_sql(staged)), {"source": source}).one()  # type: ignore[return-value]
+
+
+def key_lookups_sql(staged: str) -> str:
+    """PostgreSQL: classify a sparse chunk's staged keys by one index lookup per key."""
+    condition = "AND so.source = :source"
+    return _classification(
+        _PG_POSITIONS, staged, "source_orders", condition, updated_at=_staged_version(staged)
     )
-    return conn.execute(sa.text(lookups), {"source": source}).one()  # type: ignore[return-value]
+
+
+_PG_POSITIONS = "string_agg(pos::text, ',')"
+
+
+def _staged_version(staged: str) -> str | None:
+    # staging_keys holds updated_at as text; staging_orders as timestamptz.
+    return "CAST(k.updated_at AS TIMESTAMPTZ)" if staged == "staging_keys" else None
 
 
 def _join_by(conn: Connection, method: str) -> None:

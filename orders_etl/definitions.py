@@ -12,6 +12,7 @@ from typing import Any
 
 import dagster as dg
 
+from orders_etl.allocator import limit_malloc_arenas
 from orders_etl.defs.erp.assets import erp_raw_orders, erp_source_orders
 from orders_etl.defs.erp.resources import BusinessCentralResource, ErpFilesResource, ErpSource
 from orders_etl.defs.orders.assets import orders
@@ -23,6 +24,10 @@ from orders_etl.defs.shopify.resources import ShopifyApiResource, ShopifyBulkFil
 from orders_etl.defs.store.resources import StoreResource
 from orders_etl.settings import Settings, get_settings
 from orders_etl.store.engine import DEFAULT_DATABASE_URL
+
+# Every process that runs steps loads this module first: cap the allocator's arenas before
+# any step starts a thread (see orders_etl.allocator).
+limit_malloc_arenas()
 
 ASSETS = [
     shopify_raw_orders,

@@ -1,0 +1,60 @@
+"""The process-wide allocator cap (orders_etl.allocator), measured in fresh processes."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    platform.libc_ver()[0] != "glibc", reason="malloc arenas are glibc's; this C library has none to cap"
+)
+
+# Threads that each hold a malloc'd block at the same time, then glibc's own count of its
+# arenas (one <heap> per arena in malloc_info's report).
+_COUNT_ARENAS = """
+import ctypes, tempfile, threading
+THREADS = 6
+ready = threading.Barrier(THREADS + 1)
+done = threading.Event()
+def hold():
+    block = bytearray(100_000)  # past pymalloc: from the thread's malloc arena
+    ready.wait()
+    done.wait()
+threads = [threading.Thread(target=hold) for _ in range(THREADS)]
+for thread in threads:
+    thread.start()
+ready.wait()
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = (ctypes.c_char_p, ctypes.c_char_p)
+libc.malloc_info.argtypes = (ctypes.c_int, ctypes.c_void_p)
+libc.fclose.argtypes = (ctypes.c_void_p,)
+with tempfile.NamedTemporaryFile(suffix=".xml") as report:
+    stream = libc.fopen(report.name.encode(), b"w")
+    libc.malloc_info(0, stream)
+    libc.fclose(stream)
+    print(open(report.name).read().count("<heap nr="))
+done.set()
+"""
+
+
+def _arenas(prelude: str, env_extra: dict[str, str] | None = None) -> int:
+    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES")}
+    env.update(env_extra or {})
+    script = textwrap.dedent(prelude) + _COUNT_ARENAS
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def test_loading_the_code_location_caps_the_arenas_its_threads_get() -> None:
+    assert _arenas("") > 2  # the default: an arena per thread (the test can tell)
+    assert _arenas("import orders_etl.definitions\n") <= 2
+
+
+def test_an_arena_limit_set_in_the_environment_wins() -> None:
+    assert _arenas("import orders_etl.definitions\n", {"MALLOC_ARENA_MAX": "4"}) == 4

@@ -71,6 +71,7 @@ class NormalizedBatch:
 def batches(items: Iterable[Normalized], size: int = 50_000) -> Iterator[NormalizedBatch]:
     """Group a normalizer's output into batches of about ``size`` items (bounded memory)."""
     batch = NormalizedBatch()
+    full: list[NormalizedBatch] = []
     for item in items:
         if type(item) is tuple:  # an OrderRow, the usual case: fast mappings yield rows
             batch.rows.append(item)
@@ -81,8 +82,11 @@ def batches(items: Iterable[Normalized], size: int = 50_000) -> Iterator[Normali
         else:
             batch.skipped += 1
         if len(batch) >= size:
-            yield batch
+            full.append(batch)
             batch = NormalizedBatch()
+            # Popped as it is handed out: while suspended here this generator holds no
+            # reference to it, so the batch is freed as soon as its consumer is done with it.
+            yield full.pop()
     if len(batch):
         yield batch
 

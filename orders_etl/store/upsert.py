@@ -661,6 +661,7 @@ def _prepared_ahead(
                 yield pending.result()
             raise
         upcoming = worker.submit(ready, frame)
+        del frame  # the worker's until prepared: not kept while the chunk before is written
         if pending is not None:
             yield pending.result()
         pending = upcoming

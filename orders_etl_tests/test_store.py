@@ -361,20 +361,28 @@ def test_key_lookups_probe_the_index_however_stale_the_statistics(pg_url: str) -
         store.dispose()
 
 
+def _store_with_stale_erp_statistics(pg_url: str, seed: int) -> OrderStore:
+    """20,000 Shopify orders and the same 20,000 in the ERP, analyzed when the ERP held 50.
+
+    Keys in random order, as a shop's are: then a probe per key looks dearer to the planner.
+    """
+    keys = random.Random(seed).sample(range(10**9, 2 * 10**9), 20_000)
+    store = OrderStore.from_url(pg_url)
+    store.upsert("shopify", [order(key) for key in keys])
+    store.upsert("erp_files", [order(key) for key in keys[:50]])
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE source_orders")
+    store.upsert("erp_files", [order(key) for key in keys[50:]])
+    return store
+
+
 @pytest.mark.postgres
 def test_golden_merge_probes_each_source_by_key_however_stale_the_statistics(pg_url: str) -> None:
-    # Analyzed while the ERP held 50 orders, then 20,000 loaded: PostgreSQL believed the
-    # ERP small, read all its orders once and joined them against every staged key again
-    # (the ERP normalize of 100,000 orders in batches of 5,000 took 52 s instead of 5 s).
-    # Keys in random order, as a shop's are: then a probe per key looks dearer to it.
-    keys = random.Random(7).sample(range(10**9, 2 * 10**9), 20_000)
-    store = OrderStore.from_url(pg_url)
+    # PostgreSQL believed the ERP small, read all its orders once and joined them against
+    # every staged key again (the ERP normalize of 100,000 orders in batches of 5,000 took
+    # 52 s instead of 5 s).
+    store = _store_with_stale_erp_statistics(pg_url, seed=7)
     try:
-        store.upsert("shopify", [order(key) for key in keys])
-        store.upsert("erp_files", [order(key) for key in keys[:50]])
-        with store.engine.begin() as conn:
-            conn.exec_driver_sql("ANALYZE source_orders")
-        store.upsert("erp_files", [order(key) for key in keys[50:]])
         with store.engine.begin() as conn:
             _plan_for_key_probes(conn)  # the upsert's own planner settings
             # The staging table as the upsert fills it: a chunk of 5,000 keys.
@@ -396,20 +404,15 @@ def test_golden_merge_probes_each_source_by_key_however_stale_the_statistics(pg_
         store.dispose()
 
 
+@pytest.mark.postgres
 @pytest.mark.parametrize("staged", ["staging_keys", "staging_orders"])
 def test_sparse_chunks_are_classified_by_key_probes_however_stale_the_statistics(
     pg_url: str, staged: str
 ) -> None:
     # The same stale statistics as above, on the path that classifies a chunk whose keys
     # are spread over the store: one lookup per staged key, not the ERP read whole.
-    keys = random.Random(11).sample(range(10**9, 2 * 10**9), 20_000)
-    store = OrderStore.from_url(pg_url)
+    store = _store_with_stale_erp_statistics(pg_url, seed=11)
     try:
-        store.upsert("shopify", [order(key) for key in keys])
-        store.upsert("erp_files", [order(key) for key in keys[:50]])
-        with store.engine.begin() as conn:
-            conn.exec_driver_sql("ANALYZE source_orders")
-        store.upsert("erp_files", [order(key) for key in keys[50:]])
         with store.engine.begin() as conn:
             _plan_for_key_probes(conn)  # the upsert's own planner settings, as it classifies
             _join_by(conn, "nestloop")

@@ -6,7 +6,6 @@ import os
 import platform
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
@@ -46,8 +45,9 @@ done.set()
 def _arenas(prelude: str, env_extra: dict[str, str] | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES")}
     env.update(env_extra or {})
-    script = textwrap.dedent(prelude) + _COUNT_ARENAS
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", prelude + _COUNT_ARENAS], capture_output=True, text=True, env=env, check=True
+    )
     return int(out.stdout.strip().splitlines()[-1])
 
 

@@ -129,20 +129,23 @@ def _update_erp(source: Path, target: Path) -> None:
 
 
 class RssSampler:
-    """The process's RSS every 20 ms, so each stage's peak can be told apart."""
+    """The process's RSS and CPU seconds every 20 ms, so each stage's peak and the cores it
+    kept busy can be told apart."""
 
     def __init__(self, interval: float = 0.02) -> None:
         import psutil
 
         self._process = psutil.Process()
         self._interval = interval
-        self.samples: list[tuple[float, float]] = []
+        self.samples: list[tuple[float, float, float]] = []  # (time, RSS MB, CPU s)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append((time.time(), self._process.memory_info().rss / 2**20))
+            cpu = self._process.cpu_times()
+            rss = self._process.memory_info().rss / 2**20
+            self.samples.append((time.time(), rss, cpu.user + cpu.system))
             self._stop.wait(self._interval)
 
     def __enter__(self) -> RssSampler:
@@ -154,8 +157,15 @@ class RssSampler:
         self._thread.join()
 
     def peak(self, start: float, end: float) -> float:
-        inside = [rss for at, rss in self.samples if start <= at <= end]
+        inside = [rss for at, rss, _ in self.samples if start <= at <= end]
         return max(inside, default=0.0)
+
+    def cpu(self, start: float, end: float) -> float:
+        """CPU seconds (user + system, every thread of this process) spent in ``[start, end]``.
+
+        On PostgreSQL the server's own work is in its processes, not counted here."""
+        inside = [cpu for at, _, cpu in self.samples if start <= at <= end]
+        return inside[-1] - inside[0] if inside else 0.0
 
 
 def run_case(defs: Any, end_day: str, sampler: RssSampler) -> dict[str, Any]:
@@ -187,8 +197,17 @@ def run_case(defs: Any, end_day: str, sampler: RssSampler) -> dict[str, Any]:
             starts[event.step_key] = entry.timestamp
         elif event.event_type_value == "STEP_SUCCESS":
             begin, end = starts[event.step_key], entry.timestamp
-            stages[event.step_key] = {"s": end - begin, "rss_mb": sampler.peak(begin, end)}
-    return {"total_s": finished - started, "stages": stages, "rss_mb": sampler.peak(started, finished)}
+            stages[event.step_key] = {
+                "s": end - begin,
+                "cpu_s": sampler.cpu(begin, end),
+                "rss_mb": sampler.peak(begin, end),
+            }
+    return {
+        "total_s": finished - started,
+        "cpu_s": sampler.cpu(started, finished),
+        "stages": stages,
+        "rss_mb": sampler.peak(started, finished),
+    }
 
 
 def child(size: int, store: str, data: Path, pg_url: str) -> None:
@@ -279,14 +298,23 @@ def verify(url: str, data: Path) -> dict[str, Any]:
 
 
 def _case_lines(size: int, store: str, case: str, figures: dict[str, Any]) -> str:
-    lines = [f"{store} {size:>9,} {case}: {figures['total_s']:.1f} s, peak {figures['rss_mb']:.0f} MB"]
+    lines = [
+        f"{store} {size:>9,} {case}: {figures['total_s']:.1f} s, CPU {figures['cpu_s']:.1f} s "
+        f"({_cores(figures['cpu_s'], figures['total_s'])} cores busy), peak {figures['rss_mb']:.0f} MB"
+    ]
     for step, stage in figures["stages"].items():
         rate = size / stage["s"] if stage["s"] else float("inf")
         label = STAGES.get(step, step)
         lines.append(
-            f"    {label:<28} {stage['s']:7.2f} s {rate:>12,.0f} orders/s  peak {stage['rss_mb']:5.0f} MB"
+            f"    {label:<28} {stage['s']:7.2f} s {rate:>12,.0f} orders/s  CPU {stage['cpu_s']:6.1f} s "
+            f"({_cores(stage['cpu_s'], stage['s'])} cores)  peak {stage['rss_mb']:5.0f} MB"
         )
     return "\n".join(lines)
+
+
+def _cores(cpu_s: float, wall_s: float) -> str:
+    """How many cores the work kept busy on average: what running it wider could still gain."""
+    return f"{cpu_s / wall_s:.2f}" if wall_s else "-"
 
 
 # ---------------------------------------------------------------------------------------

@@ -13,10 +13,10 @@ from alembic.runtime.migration import MigrationContext
 
 from orders_etl.model import Reject
 from orders_etl.store import OrderStore, RawRecord, names_query
-from orders_etl.store.engine import create_store_engine, masked_url
-from orders_etl.store.landing import land_raw, landed_before_query, pending_query
+from orders_etl.store.engine import create_store_engine, masked_url, plan_for_key_probes
+from orders_etl.store.landing import forget_pending_sql, land_raw, landed_before_query, pending_query
 from orders_etl.store.schema import metadata, orders, source_orders
-from orders_etl.store.upsert import _join_by, _plan_for_key_probes, golden_merge_sql, key_lookups_sql
+from orders_etl.store.upsert import _join_by, golden_merge_sql, key_lookups_sql
 from orders_etl_tests.factories import BASE_TIME, order
 
 LATER = BASE_TIME + timedelta(hours=1)
@@ -317,6 +317,8 @@ def test_key_lookups_probe_an_index_per_key_on_sqlite(sqlite_url: str) -> None:
             plans["(source=? AND record_key=?)"] = driver.execute(
                 f"EXPLAIN QUERY PLAN {keys}", {"source": "shopify", "keys": bound}
             ).fetchall()
+            forget = sa.text(f"EXPLAIN QUERY PLAN {forget_pending_sql('sqlite')}")
+            plans["(source=? AND raw_id=?)"] = conn.execute(forget, {"source": "shopify", "ids": "[1]"}).all()
         for probe, plan in plans.items():
             assert any(probe in row[-1] for row in plan), plan
     finally:
@@ -361,6 +363,30 @@ def test_key_lookups_probe_the_index_however_stale_the_statistics(pg_url: str) -
         store.dispose()
 
 
+@pytest.mark.postgres
+def test_the_queue_delete_probes_each_id_however_long_the_queue(pg_url: str) -> None:
+    # A bulk load queues a million versions before statistics exist; ``raw_id = ANY(:ids)``
+    # was then planned as a scan of the source's whole queue testing each row against every
+    # id (54 s to take 200,000 off it).
+    store = OrderStore.from_url(pg_url)
+    try:
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO raw_orders_pending (source, raw_id) "
+                "SELECT 'shopify', g FROM generate_series(1, 200000) AS g"
+            )
+        ids = list(range(1, 200_000, 20))
+        with store.engine.begin() as conn:  # under the delete's own planner settings
+            plan_for_key_probes(conn)
+            explain = sa.text(f"EXPLAIN {forget_pending_sql('postgresql')}")
+            plan = "\n".join(row[0] for row in conn.execute(explain, {"source": "shopify", "ids": ids}))
+        assert "Index" in plan and "Seq Scan" not in plan and "Bitmap" not in plan, plan
+        store.forget_pending("shopify", ids)
+        assert store.count("raw_orders_pending") == 200_000 - len(ids)
+    finally:
+        store.dispose()
+
+
 def _store_with_stale_erp_statistics(pg_url: str, seed: int) -> OrderStore:
     """20,000 Shopify orders and the same 20,000 in the ERP, analyzed when the ERP held 50.
 
@@ -384,7 +410,7 @@ def test_golden_merge_probes_each_source_by_key_however_stale_the_statistics(pg_
     store = _store_with_stale_erp_statistics(pg_url, seed=7)
     try:
         with store.engine.begin() as conn:
-            _plan_for_key_probes(conn)  # the upsert's own planner settings
+            plan_for_key_probes(conn)  # the upsert's own planner settings
             # The staging table as the upsert fills it: a chunk of 5,000 keys.
             conn.exec_driver_sql("DROP TABLE IF EXISTS pg_temp.staging_orders")
             conn.exec_driver_sql(
@@ -414,7 +440,7 @@ def test_sparse_chunks_are_classified_by_key_probes_however_stale_the_statistics
     store = _store_with_stale_erp_statistics(pg_url, seed=11)
     try:
         with store.engine.begin() as conn:
-            _plan_for_key_probes(conn)  # the upsert's own planner settings, as it classifies
+            plan_for_key_probes(conn)  # the upsert's own planner settings, as it classifies
             _join_by(conn, "nestloop")
             columns = "updated_at::text" if staged == "staging_keys" else "updated_at"
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS pg_temp.{staged}")

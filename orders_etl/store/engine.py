@@ -21,7 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 
 DEFAULT_DATABASE_URL = "sqlite:///data/orders.db"
 SQLITE_BUSY_TIMEOUT_MS = 120_000
@@ -126,3 +126,20 @@ _READ_ONLY = "orders_etl_read_only"
 def reading(engine: Engine) -> Engine:
     """The same engine for read-only work: on SQLite its transactions take no write lock."""
     return engine.execution_options(**{_READ_ONLY: True})
+
+
+def plan_for_key_probes(conn: Connection) -> None:
+    """PostgreSQL: the statements of this transaction look up at most a chunk of keys in a
+    unique index (the upsert's joins, the queue's delete).
+
+    Fresh staging tables have no statistics, and a big load outruns autovacuum's, so the
+    planner would hash-join the whole of ``source_orders`` for every chunk (seconds per
+    million rows). Nested loops over the indexes cost what the chunk costs, whatever the
+    table's size; JIT compiling statements that run once per chunk is pure overhead.
+    The settings end with the transaction.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL enable_hashjoin = off")
+        conn.exec_driver_sql("SET LOCAL enable_mergejoin = off")
+        conn.exec_driver_sql("SET LOCAL jit = off")
+        conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")

@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from orders_etl.model import Reject
-from orders_etl.store.engine import reading
+from orders_etl.store.engine import plan_for_key_probes, reading
 from orders_etl.store.schema import landed_inputs, order_rejects, raw_orders, raw_orders_pending, sync_state
 from orders_etl.store.types import UtcDateTime, parse_sqlite_datetime, sqlite_datetime
 
@@ -497,17 +497,35 @@ def queue_again(
 
 
 def forget_pending(engine: Engine, source: str, raw_ids: Sequence[int]) -> None:
-    """Take normalized versions off the queue (once their orders are committed)."""
+    """Take normalized versions off the queue (once their orders are committed).
+
+    The ids go in one parameter per statement (see :func:`forget_pending_sql`). As 10,000
+    values bound one by one, building and parsing the statement cost more than running it:
+    on PostgreSQL 11 µs an id, 2.2 s for 200,000.
+    """
+    postgresql = engine.dialect.name == "postgresql"
+    statement = sa.text(forget_pending_sql(engine.dialect.name))
     for start in range(0, len(raw_ids), 10_000):
         batch = list(raw_ids[start : start + 10_000])
         with engine.begin() as conn:
-            conn.execute(
-                sa.delete(raw_orders_pending).where(
-                    raw_orders_pending.c.source == source,
-                    raw_orders_pending.c.raw_id.in_(sa.bindparam("ids", expanding=True)),
-                ),
-                {"ids": batch},
-            )
+            plan_for_key_probes(conn)  # a nested loop over the ids: one probe of the queue's key each
+            conn.execute(statement, {"source": source, "ids": batch if postgresql else json.dumps(batch)})
+
+
+def forget_pending_sql(dialect: str) -> str:
+    """The queue's delete of the ids in the parameter ``ids``: PostgreSQL an array, joined
+    as a set (``raw_id = ANY(:ids)`` was planned, under a freshly filled queue's statistics,
+    as a scan of the source's whole queue testing each row against every id: 54 s for
+    200,000); SQLite a JSON array that ``json_each`` unpacks, probed by key."""
+    if dialect == "postgresql":
+        return (
+            "DELETE FROM raw_orders_pending AS p USING unnest(CAST(:ids AS bigint[])) AS i(raw_id) "
+            "WHERE p.source = :source AND p.raw_id = i.raw_id"
+        )
+    return (
+        "DELETE FROM raw_orders_pending "
+        "WHERE source = :source AND raw_id IN (SELECT value FROM json_each(:ids))"
+    )
 
 
 def record_rejects(engine: Engine, rejects: Iterable[Reject], *, run_id: str | None = None) -> int:

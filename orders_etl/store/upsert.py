@@ -50,6 +50,7 @@ from sqlalchemy.engine import Connection, Engine
 from ulid_transform import ulid_now
 
 from orders_etl.model import ERP_SOURCES, ORDER_ID_PREFIX, OrderRecord, Source
+from orders_etl.store.engine import plan_for_key_probes
 from orders_etl.store.frames import PreparedChunk, prepare, records_to_table
 from orders_etl.store.frames import canonical_text as _canonical_text  # noqa: F401 (its old home)
 from orders_etl.store.schema import DATETIME_FIELDS, MONEY_FIELDS, ORDER_FIELDS
@@ -320,7 +321,7 @@ def _staged_version(staged: str) -> str | None:
 
 
 def _join_by(conn: Connection, method: str) -> None:
-    """PostgreSQL: the join method for the next statements (see _plan_for_key_probes)."""
+    """PostgreSQL: the join method for the next statements (see plan_for_key_probes)."""
     conn.exec_driver_sql(f"SET LOCAL enable_nestloop = {'on' if method == 'nestloop' else 'off'}")
     conn.exec_driver_sql(f"SET LOCAL enable_hashjoin = {'on' if method == 'hashjoin' else 'off'}")
 
@@ -473,22 +474,6 @@ def _lock_writers(conn: Connection) -> None:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_WRITE_LOCK})
 
 
-def _plan_for_key_probes(conn: Connection) -> None:
-    """PostgreSQL: every join here looks up at most a chunk of keys in a unique index.
-
-    Fresh staging tables have no statistics, and a big load outruns autovacuum's, so the
-    planner would hash-join the whole of ``source_orders`` for every chunk (seconds per
-    million rows). Nested loops over the indexes cost what the chunk costs, whatever the
-    table's size; JIT compiling statements that run once per chunk is pure overhead.
-    Both settings end with the transaction.
-    """
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("SET LOCAL enable_hashjoin = off")
-        conn.exec_driver_sql("SET LOCAL enable_mergejoin = off")
-        conn.exec_driver_sql("SET LOCAL jit = off")
-        conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
-
-
 def upsert_prepared(
     conn: Connection, source: str, chunk: PreparedChunk, row_lines: list[pa.Array] | None = None
 ) -> UpsertCounts:
@@ -503,7 +488,7 @@ def upsert_prepared(
     if not table.num_rows:
         return counts
     synced_at = datetime.now(UTC)
-    _plan_for_key_probes(conn)
+    plan_for_key_probes(conn)
     _create_staging(conn)
     staged = "staging_keys"
     if conn.dialect.name == "postgresql":  # before the lock: the COPY is the slow part

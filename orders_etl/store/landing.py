@@ -177,9 +177,14 @@ def land_raw(
     into a temporary table, then one ``INSERT … SELECT``), ``ON CONFLICT DO NOTHING`` for a
     concurrent run landing the same version, and queued in ``raw_orders_pending`` for the
     normalize step in the same transaction.
+
+    Once a chunk turned out wholly new (a first load), the next ones are written without the
+    lookup: ``ON CONFLICT DO NOTHING`` keeps what was landed before all the same, and a chunk
+    that held any such version turns the lookup back on.
     """
     landed = 0
     fetched_at = datetime.now(UTC)
+    look_up = True
     for chunk in _chunks(records, chunk_size):
         rows: dict[tuple[str, str], tuple[str, datetime | None, str, str]] = {}
         for record in chunk:
@@ -188,14 +193,15 @@ def land_raw(
             key = storable_key(record.record_key)
             rows[key, digest] = (key, record.updated_at, text, digest)
         with engine.begin() as conn:
-            for known in _landed_before(conn, source, list({key for key, _ in rows})):
-                rows.pop(known, None)
+            if look_up:
+                for known in _landed_before(conn, source, list({key for key, _ in rows})):
+                    rows.pop(known, None)
             if not rows:
                 continue
-            if conn.dialect.name == "postgresql":
-                landed += _land_postgresql(conn, source, list(rows.values()), fetched_at, run_id)
-            else:
-                landed += _land_sqlite(conn, source, list(rows.values()), fetched_at, run_id)
+            land = _land_postgresql if conn.dialect.name == "postgresql" else _land_sqlite
+            new = land(conn, source, list(rows.values()), fetched_at, run_id)
+        landed += new
+        look_up = new < len(rows)
     return landed
 
 

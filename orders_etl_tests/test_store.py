@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -12,7 +13,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from orders_etl.model import Reject
-from orders_etl.store import OrderStore, RawRecord, names_query
+from orders_etl.store import OrderStore, RawRecord, landing, names_query
 from orders_etl.store.engine import create_store_engine, masked_url, plan_for_key_probes
 from orders_etl.store.landing import forget_pending_sql, land_raw, landed_before_query, pending_query
 from orders_etl.store.schema import metadata, orders, source_orders
@@ -274,6 +275,36 @@ def test_an_input_landed_whole_holds_the_windows_inside_its_own(store: OrderStor
     found = store.landed_whole("erp_files", "f1", None, end)
     assert found is not None and found.run_id == "r2"
     assert store.landed_whole("erp_files", "f1", start - 5 * day, end + day).run_id == "r2"
+
+
+def test_only_versions_not_landed_before_are_sent(store: OrderStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first load sends every version; once a chunk holds versions landed before, each
+    chunk is looked up and sends only its new ones (a changed export re-read whole)."""
+    sent: list[list[str]] = []
+
+    def counting(land: Any) -> Any:
+        def wrapper(conn: Any, source: str, rows: list[tuple[Any, ...]], *args: Any) -> int:
+            sent.append(sorted(row[0] for row in rows))
+            return land(conn, source, rows, *args)
+
+        return wrapper
+
+    for name in ("_land_sqlite", "_land_postgresql"):
+        monkeypatch.setattr(landing, name, counting(getattr(landing, name)))
+    first = [RawRecord(str(n), BASE_TIME, {"id": n}) for n in range(9)]
+    assert land_raw(store.engine, "shopify", first, chunk_size=3) == 9
+    assert sent == [["0", "1", "2"], ["3", "4", "5"], ["6", "7", "8"]]
+    sent.clear()
+    # Every third order changed: each chunk of three holds two versions landed before.
+    changed = [
+        RawRecord(str(n), LATER, {"id": n, "edited": True}) if n % 3 == 0 else first[n] for n in range(9)
+    ]
+    assert land_raw(store.engine, "shopify", changed, chunk_size=3) == 3
+    assert sent == [["0"], ["3"], ["6"]]
+    sent.clear()
+    assert land_raw(store.engine, "shopify", changed, chunk_size=3) == 0
+    assert sent == []
+    assert store.count("raw_orders") == 12
 
 
 def _pending(store: OrderStore, **window) -> list[str]:

@@ -192,6 +192,7 @@ def land_raw(
             digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
             key = storable_key(record.record_key)
             rows[key, digest] = (key, record.updated_at, text, digest)
+        versions = len(rows)
         with engine.begin() as conn:
             if look_up:
                 for known in _landed_before(conn, source, list({key for key, _ in rows})):
@@ -201,7 +202,7 @@ def land_raw(
             land = _land_postgresql if conn.dialect.name == "postgresql" else _land_sqlite
             new = land(conn, source, list(rows.values()), fetched_at, run_id)
         landed += new
-        look_up = new < len(rows)
+        look_up = new < versions
     return landed
 
 

@@ -15,7 +15,7 @@ from alembic.runtime.migration import MigrationContext
 from orders_etl.model import Reject
 from orders_etl.store import OrderStore, RawRecord, landing, names_query
 from orders_etl.store.engine import create_store_engine, masked_url, plan_for_key_probes
-from orders_etl.store.landing import forget_pending_sql, land_raw, landed_before_query, pending_query
+from orders_etl.store.landing import forget_pending_query, land_raw, landed_before_query, pending_query
 from orders_etl.store.schema import metadata, orders, source_orders
 from orders_etl.store.upsert import _join_by, golden_merge_sql, key_lookups_sql
 from orders_etl_tests.factories import BASE_TIME, order
@@ -348,8 +348,10 @@ def test_key_lookups_probe_an_index_per_key_on_sqlite(sqlite_url: str) -> None:
             plans["(source=? AND record_key=?)"] = driver.execute(
                 f"EXPLAIN QUERY PLAN {keys}", {"source": "shopify", "keys": bound}
             ).fetchall()
-            forget = sa.text(f"EXPLAIN QUERY PLAN {forget_pending_sql('sqlite')}")
-            plans["(source=? AND raw_id=?)"] = conn.execute(forget, {"source": "shopify", "ids": "[1]"}).all()
+            forget, bound = forget_pending_query("sqlite", [1])
+            plans["(source=? AND raw_id=?)"] = conn.execute(
+                sa.text(f"EXPLAIN QUERY PLAN {forget.text}"), {"source": "shopify", "ids": bound}
+            ).all()
         for probe, plan in plans.items():
             assert any(probe in row[-1] for row in plan), plan
     finally:
@@ -409,8 +411,9 @@ def test_the_queue_delete_probes_each_id_however_long_the_queue(pg_url: str) -> 
         ids = list(range(1, 200_000, 20))
         with store.engine.begin() as conn:  # under the delete's own planner settings
             plan_for_key_probes(conn)
-            explain = sa.text(f"EXPLAIN {forget_pending_sql('postgresql')}")
-            plan = "\n".join(row[0] for row in conn.execute(explain, {"source": "shopify", "ids": ids}))
+            forget, bound = forget_pending_query("postgresql", ids)
+            explain = sa.text(f"EXPLAIN {forget.text}")
+            plan = "\n".join(row[0] for row in conn.execute(explain, {"source": "shopify", "ids": bound}))
         assert "Index" in plan and "Seq Scan" not in plan and "Bitmap" not in plan, plan
         store.forget_pending("shopify", ids)
         assert store.count("raw_orders_pending") == 200_000 - len(ids)

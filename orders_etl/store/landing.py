@@ -506,33 +506,32 @@ def queue_again(
 def forget_pending(engine: Engine, source: str, raw_ids: Sequence[int]) -> None:
     """Take normalized versions off the queue (once their orders are committed).
 
-    The ids go in one parameter per statement (see :func:`forget_pending_sql`). As 10,000
+    The ids go in one parameter per statement (see :func:`forget_pending_query`). As 10,000
     values bound one by one, building and parsing the statement cost more than running it:
     on PostgreSQL 11 µs an id, 2.2 s for 200,000.
     """
-    postgresql = engine.dialect.name == "postgresql"
-    statement = sa.text(forget_pending_sql(engine.dialect.name))
     for start in range(0, len(raw_ids), 10_000):
-        batch = list(raw_ids[start : start + 10_000])
+        query, bound = forget_pending_query(engine.dialect.name, list(raw_ids[start : start + 10_000]))
         with engine.begin() as conn:
             plan_for_key_probes(conn)  # a nested loop over the ids: one probe of the queue's key each
-            conn.execute(statement, {"source": source, "ids": batch if postgresql else json.dumps(batch)})
+            conn.execute(query, {"source": source, "ids": bound})
 
 
-def forget_pending_sql(dialect: str) -> str:
-    """The queue's delete of the ids in the parameter ``ids``: PostgreSQL an array, joined
-    as a set (``raw_id = ANY(:ids)`` was planned, under a freshly filled queue's statistics,
-    as a scan of the source's whole queue testing each row against every id: 54 s for
-    200,000); SQLite a JSON array that ``json_each`` unpacks, probed by key."""
+def forget_pending_query(dialect: str, raw_ids: list[int]) -> tuple[sa.TextClause, object]:
+    """The queue's delete of ``raw_ids`` (parameters ``source`` and ``ids``) and the bound ids,
+    in the form of ``names_query``. PostgreSQL: an array, joined as a set (``raw_id =
+    ANY(:ids)`` was planned, under a freshly filled queue's statistics, as a scan of the
+    source's whole queue testing each row against every id: 54 s for 200,000). SQLite: a
+    JSON array that ``json_each`` unpacks, probed by key."""
     if dialect == "postgresql":
-        return (
+        return sa.text(
             "DELETE FROM raw_orders_pending AS p USING unnest(CAST(:ids AS bigint[])) AS i(raw_id) "
             "WHERE p.source = :source AND p.raw_id = i.raw_id"
-        )
-    return (
+        ), raw_ids
+    return sa.text(
         "DELETE FROM raw_orders_pending "
         "WHERE source = :source AND raw_id IN (SELECT value FROM json_each(:ids))"
-    )
+    ), json.dumps(raw_ids)
 
 
 def record_rejects(engine: Engine, rejects: Iterable[Reject], *, run_id: str | None = None) -> int:

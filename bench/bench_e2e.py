@@ -131,22 +131,31 @@ def _update_erp(source: Path, target: Path) -> None:
 
 class RssSampler:
     """The process's RSS and CPU seconds every 20 ms, so each stage's peak and the cores it
-    kept busy can be told apart."""
+    kept busy can be told apart; with ``server`` (a local PostgreSQL's postmaster), the
+    server's CPU seconds too, every 100 ms."""
 
-    def __init__(self, interval: float = 0.02) -> None:
+    SERVER_EVERY = 5  # samples: reading every server process's times costs ~0.5 ms
+
+    def __init__(self, interval: float = 0.02, server: Any = None) -> None:
         import psutil
 
         self._process = psutil.Process()
+        self._server = None if server is None else ServerCpu(server)
         self._interval = interval
         self.samples: list[tuple[float, float, float]] = []  # (time, RSS MB, CPU s)
+        self.server_samples: list[tuple[float, float]] = []  # (time, the server's CPU s)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        tick = 0
         while not self._stop.is_set():
             cpu = self._process.cpu_times()
             rss = self._process.memory_info().rss / 2**20
             self.samples.append((time.time(), rss, cpu.user + cpu.system))
+            if self._server is not None and tick % self.SERVER_EVERY == 0:
+                self.server_samples.append((time.time(), self._server()))
+            tick += 1
             self._stop.wait(self._interval)
 
     def __enter__(self) -> RssSampler:
@@ -164,9 +173,68 @@ class RssSampler:
     def cpu(self, start: float, end: float) -> float:
         """CPU seconds (user + system, every thread of this process) spent in ``[start, end]``.
 
-        On PostgreSQL the server's own work is in its processes, not counted here."""
+        On PostgreSQL the server's own work is in its processes: see :meth:`server_cpu`."""
         inside = [cpu for at, _, cpu in self.samples if start <= at <= end]
         return inside[-1] - inside[0] if inside else 0.0
+
+    def server_cpu(self, start: float, end: float) -> float | None:
+        """The local PostgreSQL server's CPU seconds in ``[start, end]`` (every process of it:
+        its share of the same work, on the same two cores); None without one."""
+        if self._server is None:
+            return None
+        inside = [cpu for at, cpu in self.server_samples if start <= at <= end]
+        return inside[-1] - inside[0] if inside else 0.0
+
+
+def local_postgres_server(url: str) -> Any:
+    """The postmaster of the PostgreSQL server at ``url`` if it runs on this machine, else None.
+
+    Found as the ``postgres`` process listening on the URL's port (5432 if none)."""
+    import psutil
+    import sqlalchemy as sa
+
+    parsed = sa.make_url(url)
+    if parsed.host not in (None, "", "localhost", "127.0.0.1", "::1"):
+        return None
+    port = parsed.port or 5432
+    for process in psutil.process_iter(["name"]):
+        if process.info["name"] != "postgres":
+            continue
+        try:
+            sockets = process.net_connections("tcp")
+        except psutil.Error:
+            continue
+        if any(s.laddr.port == port and s.status == psutil.CONN_LISTEN for s in sockets):
+            return process
+    return None
+
+
+class ServerCpu:
+    """CPU seconds of a local PostgreSQL server so far: the postmaster and every process it
+    runs (the backends serving the run, the checkpointer, the WAL writer...).
+
+    Each process is remembered with its last reading: a backend that ended keeps what it
+    spent (reading the postmaster's reaped-children times instead races with the listing of
+    its children, and a process counted in neither made a stage's figure negative). What a
+    process spent after its last reading, at most one interval, is missed."""
+
+    def __init__(self, postmaster: Any) -> None:
+        self._postmaster = postmaster
+        self._seen: dict[tuple[int, float], float] = {}
+
+    def __call__(self) -> float:
+        import psutil
+
+        for process in self._postmaster.children():
+            try:
+                with process.oneshot():
+                    key = (process.pid, process.create_time())
+                    times = process.cpu_times()
+            except psutil.Error:  # ended between the listing and the reading
+                continue
+            self._seen[key] = times.user + times.system
+        own = self._postmaster.cpu_times()
+        return own.user + own.system + sum(self._seen.values())
 
 
 def run_case(defs: Any, end_day: str, sampler: RssSampler) -> dict[str, Any]:
@@ -201,11 +269,13 @@ def run_case(defs: Any, end_day: str, sampler: RssSampler) -> dict[str, Any]:
             stages[event.step_key] = {
                 "s": end - begin,
                 "cpu_s": sampler.cpu(begin, end),
+                "server_cpu_s": sampler.server_cpu(begin, end),
                 "rss_mb": sampler.peak(begin, end),
             }
     return {
         "total_s": finished - started,
         "cpu_s": sampler.cpu(started, finished),
+        "server_cpu_s": sampler.server_cpu(started, finished),
         "stages": stages,
         "rss_mb": sampler.peak(started, finished),
     }
@@ -234,7 +304,8 @@ def child(size: int, store: str, data: Path, pg_url: str) -> None:
 
         end_day = datetime.now(UTC).date().isoformat()
         cases = {}
-        with RssSampler() as sampler:
+        server = local_postgres_server(pg_url) if store == "postgresql" else None
+        with RssSampler(server=server) as sampler:
             for case, files in (("e2e", "cold"), ("rerun", "cold"), ("update", "update")):
                 cases[case] = run_case(definitions(data / files), end_day, sampler)
                 print(_case_lines(size, store, case, cases[case]), file=sys.stderr, flush=True)
@@ -301,16 +372,27 @@ def verify(url: str, data: Path) -> dict[str, Any]:
 def _case_lines(size: int, store: str, case: str, figures: dict[str, Any]) -> str:
     lines = [
         f"{store} {size:>9,} {case}: {figures['total_s']:.1f} s, CPU {figures['cpu_s']:.1f} s "
-        f"({_cores(figures['cpu_s'], figures['total_s'])} cores busy), peak {figures['rss_mb']:.0f} MB"
+        f"({_cores(figures['cpu_s'], figures['total_s'])} cores busy)"
+        f"{_server_part(figures['cpu_s'], figures['server_cpu_s'], figures['total_s'])}, "
+        f"peak {figures['rss_mb']:.0f} MB"
     ]
     for step, stage in figures["stages"].items():
         rate = size / stage["s"] if stage["s"] else float("inf")
         label = STAGES.get(step, step)
+        server = _server_part(stage["cpu_s"], stage["server_cpu_s"], stage["s"])
         lines.append(
             f"    {label:<28} {stage['s']:7.2f} s {rate:>12,.0f} orders/s  CPU {stage['cpu_s']:6.1f} s "
-            f"({_cores(stage['cpu_s'], stage['s'])} cores)  peak {stage['rss_mb']:5.0f} MB"
+            f"({_cores(stage['cpu_s'], stage['s'])} cores){server}  peak {stage['rss_mb']:5.0f} MB"
         )
     return "\n".join(lines)
+
+
+def _server_part(cpu_s: float, server_cpu_s: float | None, wall_s: float) -> str:
+    """`` + server N s (C cores together)`` for a local PostgreSQL: what both sides of the
+    work cost on the machine's cores; nothing for SQLite (its work is in the process)."""
+    if server_cpu_s is None:
+        return ""
+    return f" + server {server_cpu_s:.1f} s ({_cores(cpu_s + server_cpu_s, wall_s)} cores together)"
 
 
 def _cores(cpu_s: float, wall_s: float) -> str:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import chain
 from typing import Any, Protocol, TypeVar
 
 import dagster as dg
@@ -214,11 +215,17 @@ def land(
                 outcome.unchanged_since = before
                 return outcome
         records = counted(reader.fetch(window.start, window.end, messages.put))
+
+        def landed(new: int) -> None:
+            outcome.landed += new
+            log_messages()
+            context.log.debug(f"{source}: {outcome.fetched} records read, {outcome.landed} landed")
+
         try:
-            for chunk in read_ahead(records, LANDING_CHUNK_SIZE):
-                outcome.landed += store.land_raw(source, chunk, run_id=run_id)
-                log_messages()
-                context.log.debug(f"{source}: {outcome.fetched} records read, {outcome.landed} landed")
+            # One stream, one call: the landing carries what each chunk found to the next
+            # (after a wholly new chunk it does not look the next one up).
+            ahead = chain.from_iterable(read_ahead(records, LANDING_CHUNK_SIZE))
+            store.land_raw(source, ahead, run_id=run_id, on_chunk=landed)
         finally:
             log_messages()
         if fingerprint is not None and fingerprint_of(reader) == fingerprint:

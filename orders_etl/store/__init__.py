@@ -126,9 +126,14 @@ class OrderStore:
     # -- raw landing, rejects, cursors --------------------------------------------------
 
     def land_raw(
-        self, source: str | Source, records: Iterable[RawRecord], *, run_id: str | None = None
+        self,
+        source: str | Source,
+        records: Iterable[RawRecord],
+        *,
+        run_id: str | None = None,
+        on_chunk: Callable[[int], None] | None = None,
     ) -> int:
-        return landing.land_raw(self.engine, Source(source).value, records, run_id=run_id)
+        return landing.land_raw(self.engine, Source(source).value, records, run_id=run_id, on_chunk=on_chunk)
 
     def landed_whole(
         self, source: str | Source, fingerprint: str, start: datetime | None, end: datetime | None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -168,8 +168,10 @@ def land_raw(
     *,
     run_id: str | None = None,
     chunk_size: int = LANDING_CHUNK_SIZE,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> int:
     """Land raw records (one transaction per chunk); returns how many were new.
+    ``on_chunk(new)`` is called after each chunk's transaction (progress logging).
 
     A version landed before (same key, same payload hash) is found by one indexed query per
     chunk and not sent again, so re-landing an unchanged window writes nothing. New ones are
@@ -180,7 +182,8 @@ def land_raw(
 
     Once a chunk turned out wholly new (a first load), the next ones are written without the
     lookup: ``ON CONFLICT DO NOTHING`` keeps what was landed before all the same, and a chunk
-    that held any such version turns the lookup back on.
+    that held any such version turns the lookup back on. (So a stream is landed by one
+    call, not a call per chunk: each call begins by looking up.)
     """
     landed = 0
     fetched_at = datetime.now(UTC)
@@ -197,12 +200,12 @@ def land_raw(
             if look_up:
                 for known in _landed_before(conn, source, list({key for key, _ in rows})):
                     rows.pop(known, None)
-            if not rows:
-                continue
             land = _land_postgresql if conn.dialect.name == "postgresql" else _land_sqlite
-            new = land(conn, source, list(rows.values()), fetched_at, run_id)
+            new = land(conn, source, list(rows.values()), fetched_at, run_id) if rows else 0
         landed += new
         look_up = new < versions
+        if on_chunk is not None:
+            on_chunk(new)
     return landed
 
 

@@ -1,4 +1,5 @@
-"""The C allocator, set once per process: at most two malloc arenas (glibc).
+"""The C allocator (glibc): at most two malloc arenas per process, and freed memory handed
+back to the system after each stream of records.
 
 Why: a sync reads, normalizes and writes on threads of their own, and glibc gives each
 thread an arena of its own (up to eight per core), each keeping what was freed in it for
@@ -10,6 +11,10 @@ at 1,000,000 orders with glibc's default, 469–478 MB with two arenas; 476–50
 
 The same as ``MALLOC_ARENA_MAX=2``, which cannot be set for a process that is already
 running; an arena limit set in the environment wins. Elsewhere than glibc, nothing is done.
+
+Memory that a stream freed (a million payloads of about a kilobyte, each its own malloc'd
+block) stays in the arenas, in free chunks between live ones, and the next stream's peak
+builds on it: :func:`release_free_memory` gives it back (``malloc_trim``).
 """
 
 from __future__ import annotations
@@ -36,6 +41,26 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     return mallopt(_M_ARENA_MAX, arenas) == 1
+
+
+def release_free_memory() -> bool:
+    """Hand the memory glibc holds free back to the system; True if there was some.
+
+    Called when a stream of records ends (a landing, a normalize pass): what the next stage
+    allocates then comes from pages it touches anew, not on top of what this one left
+    resident. Measured with ``bench/bench_e2e.py`` on PostgreSQL, whose peak is in the update
+    run's normalize, after two raw stages that each read a 1 GB file: peak RSS 424 MB at
+    100,000 orders and 464 MB at 1,000,000 (+9 %), against 434–461 and 481–542 MB (+4 to
+    +18 %) without; no slower. A walk over the arenas' free lists: milliseconds.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # a C library without malloc_trim
+        return False
+    malloc_trim.argtypes = (ctypes.c_size_t,)
+    return malloc_trim(0) == 1
 
 
 def _set_in_environment() -> bool:

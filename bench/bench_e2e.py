@@ -14,9 +14,10 @@ does (file-backed Shopify and ERP resources, a throwaway Dagster instance):
 
 It prints, per stage and in total, wall seconds, orders per second, the process's CPU
 seconds (every thread; the cores kept busy) and the peak RSS seen during the stage (both
-sampled every 20 ms), and then verifies the store (row counts, and the open reconciliation
-exceptions against the planted differences). Sizes run in separate processes, so each
-size's peak RSS is its own. The last line is one JSON object::
+sampled every 20 ms), on a PostgreSQL of this machine the server's CPU seconds too (every
+100 ms: its share of the work, on the same cores), and then verifies the store (row counts,
+and the open reconciliation exceptions against the planted differences). Sizes run in
+separate processes, so each size's peak RSS is its own. The last line is one JSON object::
 
     {"sqlite": {"1000000": {"e2e_s": …, "rerun_s": …, "update_s": …, "peak_rss_mb": …}}, …}
 

@@ -1,11 +1,25 @@
-"""Batching a normalizer's output (orders_etl.sources.base.batches)."""
+"""Batching a normalizer's output (``batches``) and reading ahead in a child process."""
 
 from __future__ import annotations
 
 import gc
+import os
+import pickle
+import threading
 import weakref
+from collections.abc import Iterator
 
-from orders_etl.sources.base import Skipped, batches
+import pytest
+
+from orders_etl.sources.base import (
+    CredentialRejected,
+    Log,
+    Skipped,
+    SourceError,
+    batches,
+    no_log,
+    read_ahead_in_child,
+)
 
 
 def test_a_batch_handed_out_is_not_kept_alive_by_the_batching() -> None:
@@ -19,3 +33,90 @@ def test_a_batch_handed_out_is_not_kept_alive_by_the_batching() -> None:
     gc.collect()
     assert handed_out() is None
     assert sum(len(b) for b in stream) == 8  # and the rest still comes
+
+
+# ---------------------------------------------------------------------------------------
+# read_ahead_in_child: a file is read in a process of its own
+
+
+def _numbers(log: Log) -> Iterator[tuple[int, int]]:
+    """(pid, n) for n in 0..4, with a progress line after each even one."""
+    for n in range(5):
+        yield os.getpid(), n
+        if n % 2 == 0:
+            log(f"read {n + 1}")
+
+
+def test_items_come_in_order_from_another_process_with_their_log_lines() -> None:
+    seen: list[object] = []
+    for chunk in read_ahead_in_child(_numbers, 2, seen.append):
+        seen.append([n for _pid, n in chunk])
+        pids = {pid for pid, _n in chunk}
+        assert pids and os.getpid() not in pids
+    # Each line comes before the chunk that follows it was handed out.
+    assert seen == ["read 1", [0, 1], "read 3", [2, 3], "read 5", [4]]
+
+
+def _fails_after_three(_log: Log) -> Iterator[int]:
+    yield from range(3)
+    raise CredentialRejected("erp_files", "the export share refused our login")
+
+
+def test_an_error_in_the_child_is_raised_here_after_the_items_before_it() -> None:
+    got: list[int] = []
+    with pytest.raises(CredentialRejected) as raised:
+        for chunk in read_ahead_in_child(_fails_after_three, 2, no_log):
+            got.extend(chunk)
+    assert got == [0, 1]  # the last partial list is not handed out: its read did not end
+    assert (raised.value.source, raised.value.cause) == ("erp_files", "the export share refused our login")
+    assert str(raised.value) == "erp_files: the export share refused our login"
+
+
+class _Unpicklable(Exception):
+    def __init__(self, what: str, lock: threading.Lock) -> None:
+        super().__init__(what)
+        self.lock = lock
+
+
+def _fails_unpicklably(_log: Log) -> Iterator[int]:
+    yield 1
+    raise _Unpicklable("row 7 is not a row", threading.Lock())
+
+
+def test_an_error_that_cannot_cross_the_pipe_still_comes_with_its_type_and_message() -> None:
+    with pytest.raises(RuntimeError, match=r"^_Unpicklable: row 7 is not a row$"):
+        for _chunk in read_ahead_in_child(_fails_unpicklably, 10, no_log):
+            pass
+
+
+def _dies(_log: Log) -> Iterator[int]:
+    yield 1
+    os._exit(3)  # as if killed (out of memory): nothing more is sent
+
+
+def test_a_child_that_dies_fails_the_read_instead_of_ending_it_early() -> None:
+    with pytest.raises(RuntimeError, match=r"ended before its input did \(exit code 3\)"):
+        for _chunk in read_ahead_in_child(_dies, 10, no_log):
+            pass
+
+
+def _endless(_log: Log) -> Iterator[int]:
+    n = 0
+    while True:
+        yield os.getpid()
+        n += 1
+
+
+def test_a_consumer_that_stops_early_stops_the_child() -> None:
+    stream = read_ahead_in_child(_endless, 100, no_log)
+    child_pid = next(stream)[0]
+    stream.close()
+    with pytest.raises(ProcessLookupError):  # gone, and reaped
+        os.kill(child_pid, 0)
+
+
+def test_a_source_error_keeps_its_parts_through_pickling() -> None:
+    for error in (SourceError("shopify", "bulk file gone"), CredentialRejected("shopify", "token refused")):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error)
+        assert (copy.source, copy.cause, str(copy)) == (error.source, error.cause, str(error))

@@ -24,11 +24,11 @@ from pydantic import Field
 
 from orders_etl.allocator import release_free_memory
 from orders_etl.model import InvalidOrder, Reject, Source
-from orders_etl.sources.base import Log, Normalized, SourceError, batches, read_ahead
+from orders_etl.sources.base import Log, Normalized, SourceError, batches, read_ahead, read_ahead_in_child
 from orders_etl.store import LandedInput, LandedRecord, OrderStore, RawRecord, UpsertCounts
 from orders_etl.store.engine import reading
 from orders_etl.store.frames import FRAME_COLUMNS, NO_KEY, canonical_text, rows_to_table
-from orders_etl.store.landing import LANDING_CHUNK_SIZE
+from orders_etl.store.landing import LANDING_CHUNK_SIZE, LandingRow, landing_row
 from orders_etl.store.schema import order_rejects, raw_orders, source_orders
 
 OWNERS = ["team:data-engineering"]
@@ -169,7 +169,7 @@ def run_created_at(context: dg.AssetExecutionContext) -> datetime:
 class LandOutcome:
     fetched: int = 0
     landed: int = 0
-    preview: list[RawRecord] = field(default_factory=list)
+    preview: list[LandingRow] = field(default_factory=list)
     # Set when the input was not read: a run landed this very input whole before.
     unchanged_since: LandedInput | None = None
 
@@ -190,16 +190,16 @@ def land(
     """
     outcome = LandOutcome()
 
-    def counted(records: Iterable[RawRecord]) -> Iterator[RawRecord]:
-        for record in records:
+    def counted(rows: Iterable[LandingRow]) -> Iterator[LandingRow]:
+        for row in rows:
             outcome.fetched += 1
             if len(outcome.preview) < PREVIEW_ROWS:
-                outcome.preview.append(record)
-            yield record
+                outcome.preview.append(row)
+            yield row
 
     context.log.info(f"{source}: fetching orders updated in {window.describe()}")
-    # The reader runs on a thread of its own (read_ahead) while this one writes; its
-    # progress lines are logged from here, between chunks.
+    # The reader runs beside this thread, which writes; its progress lines are logged from
+    # here, between chunks.
     messages: queue.SimpleQueue[str] = queue.SimpleQueue()
 
     def log_messages() -> None:
@@ -219,18 +219,26 @@ def land(
                 )
                 outcome.unchanged_since = before
                 return outcome
-        records = counted(reader.fetch(window.start, window.end, messages.put))
+
+        def rows(log: Log) -> Iterator[LandingRow]:
+            return map(landing_row, reader.fetch(window.start, window.end, log))
 
         def landed(new: int) -> None:
             outcome.landed += new
             log_messages()
             context.log.debug(f"{source}: {outcome.fetched} records read, {outcome.landed} landed")
 
+        # A file is read and decoded in a process of its own (all Python work: on a thread
+        # it would hold the GIL from the writer); an API reader mostly waits on the network,
+        # so a thread is enough for it.
+        if fingerprint is not None:
+            ahead = read_ahead_in_child(rows, LANDING_CHUNK_SIZE, messages.put)
+        else:
+            ahead = read_ahead(rows(messages.put), LANDING_CHUNK_SIZE)
         try:
             # One stream, one call: the landing carries what each chunk found to the next
             # (after a wholly new chunk it does not look the next one up).
-            ahead = chain.from_iterable(read_ahead(records, LANDING_CHUNK_SIZE))
-            store.land_raw(source, ahead, run_id=run_id, on_chunk=landed)
+            store.land_rows(source, counted(chain.from_iterable(ahead)), run_id=run_id, on_chunk=landed)
         finally:
             log_messages()
         if fingerprint is not None and fingerprint_of(reader) == fingerprint:
@@ -252,8 +260,8 @@ def raw_result(
     store: OrderStore, source: Source, window: SyncWindow, outcome: LandOutcome, label: str
 ) -> dg.MaterializeResult:
     rows = [
-        {"record_key": r.record_key, "updated_at": r.updated_at.isoformat() if r.updated_at else ""}
-        for r in outcome.preview
+        {"record_key": key, "updated_at": updated_at.isoformat() if updated_at else ""}
+        for key, updated_at, _text, _hash in outcome.preview
     ]
     metadata: dict[str, Any] = {
         "dagster/row_count": count_rows(store, raw_orders, raw_orders.c.source == source.value),

@@ -135,6 +135,17 @@ class OrderStore:
     ) -> int:
         return landing.land_raw(self.engine, Source(source).value, records, run_id=run_id, on_chunk=on_chunk)
 
+    def land_rows(
+        self,
+        source: str | Source,
+        rows: Iterable[landing.LandingRow],
+        *,
+        run_id: str | None = None,
+        on_chunk: Callable[[int], None] | None = None,
+    ) -> int:
+        """:meth:`land_raw` of records already made rows (``landing.landing_row``)."""
+        return landing.land_rows(self.engine, Source(source).value, rows, run_id=run_id, on_chunk=on_chunk)
+
     def landed_whole(
         self, source: str | Source, fingerprint: str, start: datetime | None, end: datetime | None
     ) -> LandedInput | None:

@@ -162,6 +162,21 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
+# A record ready to land: its stored key, updated_at, payload text and payload hash.
+LandingRow = tuple[str, datetime | None, str, str]
+
+
+def landing_row(record: RawRecord) -> LandingRow:
+    """The row a record lands as: its key as stored, its payload's text and that text's hash.
+
+    Plain Python on the record alone, so it runs wherever the record is read (the reading
+    process of a file, see ``orders_etl.sources.base.read_ahead_in_child``).
+    """
+    text = dump_payload(record.payload) if record.text is None else record.text
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    return storable_key(record.record_key), record.updated_at, text, digest
+
+
 def land_raw(
     engine: Engine,
     source: str,
@@ -171,7 +186,22 @@ def land_raw(
     chunk_size: int = LANDING_CHUNK_SIZE,
     on_chunk: Callable[[int], None] | None = None,
 ) -> int:
-    """Land raw records (one transaction per chunk); returns how many were new.
+    """Land raw records: :func:`land_rows` of their :func:`landing_row`."""
+    return land_rows(
+        engine, source, map(landing_row, records), run_id=run_id, chunk_size=chunk_size, on_chunk=on_chunk
+    )
+
+
+def land_rows(
+    engine: Engine,
+    source: str,
+    rows: Iterable[LandingRow],
+    *,
+    run_id: str | None = None,
+    chunk_size: int = LANDING_CHUNK_SIZE,
+    on_chunk: Callable[[int], None] | None = None,
+) -> int:
+    """Land rows (one transaction per chunk); returns how many were new.
     ``on_chunk(new)`` is called after each chunk's transaction (progress logging).
 
     A version landed before (same key, same payload hash) is found by one indexed query per
@@ -189,22 +219,18 @@ def land_raw(
     landed = 0
     fetched_at = datetime.now(UTC)
     look_up = True
-    for chunk in _chunks(records, chunk_size):
-        rows: dict[tuple[str, str], tuple[str, datetime | None, str, str]] = {}
-        for record in chunk:
-            text = dump_payload(record.payload) if record.text is None else record.text
-            digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
-            key = storable_key(record.record_key)
-            rows[key, digest] = (key, record.updated_at, text, digest)
-        versions = len(rows)
+    for chunk in _chunks(rows, chunk_size):
+        # One row per version: the last of a key and hash sent twice in a chunk.
+        versions = {(row[0], row[3]): row for row in chunk}
+        count = len(versions)
         with engine.begin() as conn:
             if look_up:
-                for known in _landed_before(conn, source, list({key for key, _ in rows})):
-                    rows.pop(known, None)
+                for known in _landed_before(conn, source, list({key for key, _ in versions})):
+                    versions.pop(known, None)
             land = _land_postgresql if conn.dialect.name == "postgresql" else _land_sqlite
-            new = land(conn, source, list(rows.values()), fetched_at, run_id) if rows else 0
+            new = land(conn, source, list(versions.values()), fetched_at, run_id) if versions else 0
         landed += new
-        look_up = new < versions
+        look_up = new < count
         if on_chunk is not None:
             on_chunk(new)
     return landed

@@ -212,6 +212,10 @@ class InvalidOrder(ValueError):
         self.problems = problems
         super().__init__(f"order {record_key!r}: " + "; ".join(problems))
 
+    def __reduce__(self) -> tuple[type[InvalidOrder], tuple[str, list[str]]]:
+        # Rebuilt from its parts (it may be raised in a normalizing process).
+        return type(self), (self.record_key, self.problems)
+
 
 def _describe(error: dict[str, Any]) -> str:
     field = ".".join(str(part) for part in error["loc"]) or "record"

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from orders_etl.model import InvalidOrder
 from orders_etl.sources.base import (
     CredentialRejected,
     Log,
@@ -120,3 +121,10 @@ def test_a_source_error_keeps_its_parts_through_pickling() -> None:
         copy = pickle.loads(pickle.dumps(error))
         assert type(copy) is type(error)
         assert (copy.source, copy.cause, str(copy)) == (error.source, error.cause, str(error))
+
+
+def test_an_invalid_order_keeps_its_parts_through_pickling() -> None:
+    # The normalize step quarantines the order by its record_key when the store refuses it.
+    error = InvalidOrder("1001", ["field 'currency' is not an ISO 4217 code"])
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.record_key, copy.problems, str(copy)) == (error.record_key, error.problems, str(error))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import random
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -12,9 +14,15 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from orders_etl.model import Reject
+from orders_etl.model import Reject, Source
+from orders_etl.sources.base import Log, no_log, read_ahead_in_child
 from orders_etl.store import OrderStore, RawRecord, landing, names_query
-from orders_etl.store.engine import create_store_engine, masked_url, plan_for_key_probes
+from orders_etl.store.engine import (
+    create_store_engine,
+    masked_url,
+    own_connections_after_fork,
+    plan_for_key_probes,
+)
 from orders_etl.store.landing import forget_pending_query, land_raw, landed_before_query, pending_query
 from orders_etl.store.schema import metadata, orders, source_orders
 from orders_etl.store.upsert import _join_by, golden_merge_sql, key_lookups_sql
@@ -587,3 +595,34 @@ def test_an_erp_order_keyed_on_its_number_after_it_was_stored_resolved_leaves_no
     # A later version keyed on its number (the reference was removed) is a different story: it stays.
     store.upsert("erp_files", [order("SO-1", number="SO-1", updated_at=LATER)])
     assert ("erp_files", "SO-1") in _rows(store, source_orders, "source", "external_id")
+
+
+def _pooled_connection_id(store: OrderStore) -> object:
+    """Which connection the pool hands out: PostgreSQL's backend pid, SQLite's handle (in a
+    forked process, an inherited handle keeps its address)."""
+    with store.engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            return conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        return id(conn.connection.driver_connection)
+
+
+def test_a_forked_reader_connects_anew_and_leaves_the_writers_connections_alone(store: OrderStore) -> None:
+    # A normalize reads the queue in a forked process while this one writes: the child
+    # must read through connections of its own (two processes on one connection garble
+    # it), and must not close the ones it inherited (on PostgreSQL that ends the parent's
+    # session, and the pool would silently reconnect).
+    store.land_raw(Source.SHOPIFY, [RawRecord(f"gid://shopify/Order/{n}", None, {"n": n}) for n in range(3)])
+    writers = _pooled_connection_id(store)
+
+    def read(_log: Log) -> Iterator[tuple[object, int]]:
+        own_connections_after_fork(store.engine)
+        readers = _pooled_connection_id(store)
+        for chunk in store.iter_raw(Source.SHOPIFY, pending=True):
+            yield from ((readers, record.raw_id) for record in chunk)
+        gc.collect()  # what the child dropped is collected before it ends
+
+    read_back = [item for chunk in read_ahead_in_child(read, 10, no_log) for item in chunk]
+    assert len(read_back) == 3
+    assert {readers for readers, _ in read_back} != {writers}
+    assert _pooled_connection_id(store) == writers  # the same connection, still open
+    assert store.land_raw(Source.SHOPIFY, [RawRecord("gid://shopify/Order/9", None, {"n": 9})]) == 1

@@ -22,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.pool import Pool
 
 DEFAULT_DATABASE_URL = "sqlite:///data/orders.db"
 SQLITE_BUSY_TIMEOUT_MS = 120_000
@@ -126,6 +127,23 @@ _READ_ONLY = "orders_etl_read_only"
 def reading(engine: Engine) -> Engine:
     """The same engine for read-only work: on SQLite its transactions take no write lock."""
     return engine.execution_options(**{_READ_ONLY: True})
+
+
+# Pools a forked process inherited: kept referenced, so never closed there (see below).
+_INHERITED_POOLS: list[Pool] = []
+
+
+def own_connections_after_fork(engine: Engine) -> None:
+    """In a forked process: ``engine`` connects anew from here on.
+
+    The pooled connections it inherited are the parent's (its sockets, its SQLite file
+    handles): the child must neither use them nor close them (SQLite: never carry an open
+    connection across ``fork()``). The inherited pool is kept referenced until the process
+    ends, so no garbage collection closes its connections here (a forked process of
+    ``multiprocessing`` ends without running finalizers).
+    """
+    _INHERITED_POOLS.append(engine.pool)
+    engine.dispose(close=False)
 
 
 def plan_for_key_probes(conn: Connection) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from orders_etl.model import InvalidOrder
+from orders_etl.sources import base
 from orders_etl.sources.base import (
     CredentialRejected,
     Log,
@@ -56,6 +57,15 @@ def test_items_come_in_order_from_another_process_with_their_log_lines() -> None
         assert pids and os.getpid() not in pids
     # Each line comes before the chunk that follows it was handed out.
     assert seen == ["read 1", [0, 1], "read 3", [2, 3], "read 5", [4]]
+
+
+def test_off_linux_the_items_come_from_a_thread_of_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(base, "_FORK_SAFE", False)
+    lines: list[str] = []
+    chunks = list(read_ahead_in_child(_numbers, 2, lines.append))
+    assert [[n for _pid, n in chunk] for chunk in chunks] == [[0, 1], [2, 3], [4]]
+    assert {pid for chunk in chunks for pid, _n in chunk} == {os.getpid()}
+    assert lines == ["read 1", "read 3", "read 5"]
 
 
 def _fails_after_three(_log: Log) -> Iterator[int]:

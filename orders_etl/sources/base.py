@@ -18,6 +18,7 @@ from __future__ import annotations
 import multiprocessing
 import pickle
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -165,10 +166,9 @@ def read_ahead_in_child(produce: Callable[[Log], Iterable[T]], size: int, log: L
     ``produce`` runs in the child (forked: it and what it holds need not be picklable) and
     calls ``log`` there; each line comes back here and is passed to ``log`` in order with
     the items. An error of ``produce`` is raised here, after the lists before it. When the
-    consumer stops early, the child is stopped. Where processes cannot be forked, this is
-    :func:`read_ahead`.
+    consumer stops early, the child is stopped. Off Linux, this is :func:`read_ahead`.
     """
-    if "fork" not in multiprocessing.get_all_start_methods():
+    if not _FORK_SAFE:
         yield from read_ahead(produce(log), size)
         return
     context = multiprocessing.get_context("fork")
@@ -203,6 +203,9 @@ def read_ahead_in_child(produce: Callable[[Log], Iterable[T]], size: int, log: L
 
 
 _ITEMS, _LOG, _ERROR, _END = "items", "log", "error", "end"
+# Linux only: macOS can fork, but a forked child of a process that used its system
+# frameworks may crash (why Python spawns there by default); Windows cannot fork.
+_FORK_SAFE = sys.platform == "linux"
 
 
 def _produce_in_child(produce: Callable[[Log], Iterable[T]], size: int, sender: Connection) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import random
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -626,3 +626,24 @@ def test_a_forked_reader_connects_anew_and_leaves_the_writers_connections_alone(
     assert {readers for readers, _ in read_back} != {writers}
     assert _pooled_connection_id(store) == writers  # the same connection, still open
     assert store.land_raw(Source.SHOPIFY, [RawRecord("gid://shopify/Order/9", None, {"n": 9})]) == 1
+
+
+def test_a_landed_time_is_the_instant_sent_whatever_the_sessions_time_zone(store_url: str) -> None:
+    # The writer sends times as UTC text; PostgreSQL would read a bare one in the session's zone.
+    url = sa.make_url(store_url)
+    if url.get_backend_name() == "postgresql":
+        url = url.update_query_dict({"options": f"{url.query['options']} -cTimeZone=America/New_York"})
+    store = OrderStore.from_url(url.render_as_string(hide_password=False))
+    sent = datetime(2024, 3, 10, 7, 30, 15, 123456, tzinfo=timezone(timedelta(hours=5, minutes=30)))
+    try:
+        store.land_raw(
+            Source.SHOPIFY,
+            [RawRecord("gid://shopify/Order/1", sent, {"n": 1}), RawRecord("line:2", None, {"n": 2})],
+        )
+        back = {r.record_key: r.updated_at for chunk in store.iter_raw(Source.SHOPIFY) for r in chunk}
+        assert back == {"gid://shopify/Order/1": sent, "line:2": None}
+        assert back["gid://shopify/Order/1"].utcoffset() == timedelta(0)
+        with pytest.raises(ValueError, match=r"record 'gid://shopify/Order/3': naive updated_at"):
+            store.land_raw(Source.SHOPIFY, [RawRecord("gid://shopify/Order/3", datetime(2024, 3, 10), {})])
+    finally:
+        store.dispose()

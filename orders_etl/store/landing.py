@@ -172,9 +172,13 @@ def landing_row(record: RawRecord) -> LandingRow:
     Plain Python on the record alone, so it runs wherever the record is read (the reading
     process of a file, see ``orders_etl.sources.base.read_ahead_in_child``).
     """
+    updated = record.updated_at
+    if updated is not None and updated.utcoffset() is None:
+        # PostgreSQL would read it in the session's time zone, silently.
+        raise ValueError(f"record {record.record_key!r}: naive updated_at {updated!r} reached the store")
     text = dump_payload(record.payload) if record.text is None else record.text
     digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
-    return storable_key(record.record_key), record.updated_at, text, digest
+    return storable_key(record.record_key), updated, text, digest
 
 
 def land_raw(

@@ -13,8 +13,9 @@ does (file-backed Shopify and ERP resources, a throwaway Dagster instance):
 * ``update``: the files with 10 % of the orders updated.
 
 It prints, per stage and in total, wall seconds, orders per second, the process's CPU
-seconds (every thread; the cores kept busy) and the peak RSS seen during the stage (both
-sampled every 20 ms), on a PostgreSQL of this machine the server's CPU seconds too (every
+seconds (every thread, and its reading processes once they end; the cores kept busy) and the
+peak memory seen during the stage (its RSS every 20 ms, plus its reading processes' own
+memory every 500 ms), on a PostgreSQL of this machine the server's CPU seconds too (every
 100 ms: its share of the work, on the same cores), and then verifies the store (row counts,
 and the open reconciliation exceptions against the planted differences). Sizes run in
 separate processes, so each size's peak RSS is its own. The last line is one JSON object::

@@ -5,7 +5,9 @@ from __future__ import annotations
 import gc
 import os
 import pickle
+import signal
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 
@@ -124,6 +126,29 @@ def test_a_consumer_that_stops_early_stops_the_child() -> None:
     stream.close()
     with pytest.raises(ProcessLookupError):  # gone, and reaped
         os.kill(child_pid, 0)
+
+
+def _one_then_stuck(_log: Log) -> Iterator[int]:
+    yield os.getpid()
+    time.sleep(120)  # a long computation: never sends, so it never sees the pipe closed
+    yield 0
+
+
+def test_a_child_is_stopped_even_where_sigterm_only_sets_a_flag() -> None:
+    # As in a Dagster step process: SIGTERM mapped to an interrupt handler that notes it.
+    noted: list[int] = []
+    before = signal.signal(signal.SIGTERM, lambda signo, _frame: noted.append(signo))
+    try:
+        stream = read_ahead_in_child(_one_then_stuck, 1, no_log)
+        child_pid = next(stream)[0]
+        started = time.monotonic()
+        stream.close()
+        assert time.monotonic() - started < 10
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    with pytest.raises(ProcessLookupError):
+        os.kill(child_pid, 0)
+    assert noted == []  # the signal went to the child, not here
 
 
 def test_a_source_error_keeps_its_parts_through_pickling() -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import multiprocessing
 import pickle
 import queue
+import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -209,6 +210,12 @@ _FORK_SAFE = sys.platform == "linux"
 
 
 def _produce_in_child(produce: Callable[[Log], Iterable[T]], size: int, sender: Connection) -> None:
+    # The parent's handlers are inherited: Dagster's map SIGTERM to its interrupt handler,
+    # which may only note the signal, and the consumer stops the child with SIGTERM. An
+    # interrupt (Ctrl-C reaches the whole process group) is the parent's to handle.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     def log(message: str) -> None:
         sender.send((_LOG, message))
 

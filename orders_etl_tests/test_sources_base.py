@@ -42,6 +42,9 @@ def test_a_batch_handed_out_is_not_kept_alive_by_the_batching() -> None:
 # ---------------------------------------------------------------------------------------
 # read_ahead_in_child: a file is read in a process of its own
 
+# The process is forked on Linux only; elsewhere the same items come from a thread (tested below).
+forks = pytest.mark.skipif(not base._FORK_SAFE, reason="read_ahead_in_child forks on Linux only")
+
 
 def _numbers(log: Log) -> Iterator[tuple[int, int]]:
     """(pid, n) for n in 0..4, with a progress line after each even one."""
@@ -51,6 +54,7 @@ def _numbers(log: Log) -> Iterator[tuple[int, int]]:
             log(f"read {n + 1}")
 
 
+@forks
 def test_items_come_in_order_from_another_process_with_their_log_lines() -> None:
     seen: list[object] = []
     for chunk in read_ahead_in_child(_numbers, 2, seen.append):
@@ -75,6 +79,7 @@ def _fails_after_three(_log: Log) -> Iterator[int]:
     raise CredentialRejected("erp_files", "the export share refused our login")
 
 
+@forks
 def test_an_error_in_the_child_is_raised_here_after_the_items_before_it() -> None:
     got: list[int] = []
     with pytest.raises(CredentialRejected) as raised:
@@ -96,6 +101,7 @@ def _fails_unpicklably(_log: Log) -> Iterator[int]:
     raise _Unpicklable("row 7 is not a row", threading.Lock())
 
 
+@forks
 def test_an_error_that_cannot_cross_the_pipe_still_comes_with_its_type_and_message() -> None:
     with pytest.raises(RuntimeError, match=r"^_Unpicklable: row 7 is not a row$"):
         for _chunk in read_ahead_in_child(_fails_unpicklably, 10, no_log):
@@ -107,6 +113,7 @@ def _dies(_log: Log) -> Iterator[int]:
     os._exit(3)  # as if killed (out of memory): nothing more is sent
 
 
+@forks
 def test_a_child_that_dies_fails_the_read_instead_of_ending_it_early() -> None:
     with pytest.raises(RuntimeError, match=r"ended before its input did \(exit code 3\)"):
         for _chunk in read_ahead_in_child(_dies, 10, no_log):
@@ -120,6 +127,7 @@ def _endless(_log: Log) -> Iterator[int]:
         n += 1
 
 
+@forks
 def test_a_consumer_that_stops_early_stops_the_child() -> None:
     stream = read_ahead_in_child(_endless, 100, no_log)
     child_pid = next(stream)[0]
@@ -134,6 +142,7 @@ def _one_then_stuck(_log: Log) -> Iterator[int]:
     yield 0
 
 
+@forks
 def test_a_child_is_stopped_even_where_sigterm_only_sets_a_flag() -> None:
     # As in a Dagster step process: SIGTERM mapped to an interrupt handler that notes it.
     noted: list[int] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import random
+import sys
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -606,6 +607,7 @@ def _pooled_connection_id(store: OrderStore) -> object:
         return id(conn.connection.driver_connection)
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="the reading processes are forked on Linux only")
 def test_a_forked_reader_connects_anew_and_leaves_the_writers_connections_alone(store: OrderStore) -> None:
     # A normalize reads the queue in a forked process while this one writes: the child
     # must read through connections of its own (two processes on one connection garble

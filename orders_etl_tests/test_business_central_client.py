@@ -12,7 +12,8 @@ import pytest
 
 from orders_etl.sources.base import CredentialRejected, SourceError
 from orders_etl.sources.business_central import BusinessCentralReader
-from orders_etl.sources.business_central.client import NotFound, _retry_after_s
+from orders_etl.sources.business_central.client import NotFound
+from orders_etl.sources.business_central.errors import retry_after_s
 from orders_etl_tests.fake_business_central import FakeBusinessCentral, Fault, sales_order
 
 
@@ -106,6 +107,15 @@ def test_429_waits_as_long_as_retry_after_says(bc):
     assert waited >= 1.0
     assert reader.client.retries == {"throttled": 1}
     assert len(bc.api_requests("salesOrders")) == 2
+
+
+def test_a_429_from_the_token_endpoint_waits_as_long_as_retry_after_says(bc):
+    bc.inject(Fault("throttle", 429, retry_after="7"))  # the first request: the token's
+    sleeps = Sleeps()
+    with oauth_reader(bc, sleep=sleeps) as reader:
+        assert numbers(reader) == ALL
+    assert sleeps == [7.0]
+    assert reader.client.retries == {"throttled": 1}
 
 
 def test_retry_after_as_an_http_date_and_without_a_value(bc):
@@ -270,13 +280,13 @@ def test_a_bad_request_reports_business_centrals_message(bc):
 
 
 def test_retry_after_parsing():
-    assert _retry_after_s("120") == 120.0
-    assert _retry_after_s(" 0.5 ") == 0.5
-    assert _retry_after_s("-3") == 0.0
-    assert _retry_after_s("soon") is None
-    assert _retry_after_s(None) is None
+    assert retry_after_s("120") == 120.0
+    assert retry_after_s(" 0.5 ") == 0.5
+    assert retry_after_s("-3") == 0.0
+    assert retry_after_s("soon") is None
+    assert retry_after_s(None) is None
     past = format_datetime(datetime.now(UTC) - timedelta(minutes=1), usegmt=True)
-    assert _retry_after_s(past) == 0.0
+    assert retry_after_s(past) == 0.0
 
 
 # -- secrets ---------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Protocol
 import httpx
 
 from orders_etl.sources.base import CredentialRejected, SourceError
-from orders_etl.sources.business_central.errors import TransientError
+from orders_etl.sources.business_central.errors import Throttled, TransientError, retry_after_s
 
 SOURCE = "business_central"
 # Client-credentials scope of the Business Central API (service-to-service).
@@ -157,7 +157,8 @@ class ClientCredentials:
         except httpx.TransportError as exc:
             raise TransientError(f"token endpoint unreachable ({type(exc).__name__})") from None
         if response.status_code == 429:
-            raise TransientError("token endpoint throttled the request (HTTP 429)")
+            # Entra ID throttles too, and says how long to wait: waited out like the API's.
+            raise Throttled(retry_after_s(response.headers.get("Retry-After")))
         if response.status_code >= 500:
             raise TransientError(f"token endpoint answered HTTP {response.status_code}")
         if response.status_code == 404:

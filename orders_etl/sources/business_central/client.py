@@ -15,9 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from decimal import Decimal
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -33,7 +31,7 @@ from tenacity import (
 
 from orders_etl.sources.base import SourceError
 from orders_etl.sources.business_central.auth import SOURCE, TokenSource
-from orders_etl.sources.business_central.errors import Throttled, TransientError
+from orders_etl.sources.business_central.errors import Throttled, TransientError, retry_after_s
 
 DEFAULT_PAGE_SIZE = 1_000
 # Business Central online never returns more than 20,000 entities per page.
@@ -193,7 +191,7 @@ class BusinessCentralClient:
             if status in (401, 403):
                 raise self._auth.refused(status)
             if status == 429:
-                raise Throttled(_retry_after_s(response.headers.get("Retry-After")))
+                raise Throttled(retry_after_s(response.headers.get("Retry-After")))
             if status >= 500:
                 raise TransientError(f"HTTP {status}{_bc_error(response)}")
             if status == 404:
@@ -210,24 +208,6 @@ class BusinessCentralClient:
             if not isinstance(body, dict):
                 raise TransientError("the answer is not a JSON object")
             return body
-
-
-def _retry_after_s(value: str | None) -> float | None:
-    """``Retry-After`` as seconds: delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _bc_error(response: httpx.Response) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
 
 class TransientError(Exception):
     """5xx, timeout, reset, truncated or unreadable body: retry with backoff."""
@@ -18,3 +21,21 @@ class Throttled(TransientError):
         self.retry_after = retry_after
         shown = f"{retry_after:g} s" if retry_after is not None else "unspecified"
         super().__init__(f"HTTP 429 Too Many Requests (Retry-After: {shown})")
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """``Retry-After`` as seconds: delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())

@@ -104,6 +104,19 @@ def batches(items: Iterable[Normalized], size: int = 50_000) -> Iterator[Normali
 _DONE = object()
 
 
+def in_lists(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last one shorter); an error of ``items`` drops the
+    list it interrupted: its read did not end."""
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def read_ahead(items: Iterable[T], size: int, depth: int = 2) -> Iterator[list[T]]:
     """``items`` in lists of ``size``, produced by a thread of their own up to ``depth`` lists ahead.
 
@@ -126,15 +139,9 @@ def read_ahead(items: Iterable[T], size: int, depth: int = 2) -> Iterator[list[T
 
     def produce() -> None:
         try:
-            chunk: list[T] = []
-            for item in items:
-                chunk.append(item)
-                if len(chunk) >= size:
-                    if not put(chunk):
-                        return
-                    chunk = []
-            if chunk and not put(chunk):
-                return
+            for chunk in in_lists(items, size):
+                if not put(chunk):
+                    return
             put(_DONE)
         except BaseException as exc:  # handed over to the consumer, raised there
             put(exc)
@@ -220,13 +227,7 @@ def _produce_in_child(produce: Callable[[Log], Iterable[T]], size: int, sender: 
         sender.send((_LOG, message))
 
     try:
-        chunk: list[T] = []
-        for item in produce(log):
-            chunk.append(item)
-            if len(chunk) >= size:
-                sender.send((_ITEMS, chunk))
-                chunk = []
-        if chunk:
+        for chunk in in_lists(produce(log), size):
             sender.send((_ITEMS, chunk))
         sender.send((_END, None))
     except BaseException as exc:  # handed over to the consumer, raised there

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import multiprocessing
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from orders_etl.canonical import utc_text
 from orders_etl.store import OrderStore
 from orders_etl.store.engine import create_store_engine
 from orders_etl.store.schema import orders, source_orders
+from orders_etl.store.types import parse_sqlite_datetime, sqlite_datetime
 from orders_etl_tests.factories import BASE_TIME, order
 
 # A version: (key index, minutes after BASE_TIME, amount in cents).
@@ -102,3 +104,22 @@ def test_two_processes_upserting_overlapping_batches(store: OrderStore, store_ur
         source_count = conn.execute(sa.select(sa.func.count()).select_from(source_orders)).scalar_one()
     assert len(rows) == source_count == 50
     assert {(r.updated_at, str(r.total_amount)) for r in rows} == {(newest, f"{rounds * 2 - 1}.00")}
+
+
+@given(
+    st.datetimes(
+        timezones=st.sampled_from([UTC, timezone(timedelta(hours=-5)), timezone(timedelta(hours=14))])
+    ),
+    st.datetimes(timezones=st.just(UTC)),
+)
+def test_sqlite_time_text_is_the_canonical_text_and_sorts_as_time(moment: datetime, other: datetime) -> None:
+    # Both ways of writing a time to SQLite (a bound value, a frame's text column) must agree,
+    # every year included (year 999: "0999-…", not "999-…"), or text order is not time order.
+    try:
+        text = sqlite_datetime(moment)
+    except OverflowError:  # year 1 east of Greenwich or 9999 west of it: no UTC form
+        return
+    assert text == utc_text(moment)
+    assert len(text) == 26
+    assert parse_sqlite_datetime(text) == moment
+    assert (text < sqlite_datetime(other)) == (moment < other)

@@ -153,7 +153,8 @@ class RssSampler:
         self._process = psutil.Process()
         self._server = None if server is None else ServerCpu(server)
         self._interval = interval
-        self.samples: list[tuple[float, float, float]] = []  # (time, MB, CPU s)
+        # (time, MB with the reading processes' own, CPU s, the reading processes' own MB)
+        self.samples: list[tuple[float, float, float, float]] = []
         self.server_samples: list[tuple[float, float]] = []  # (time, the server's CPU s)
         self._children_mb = 0.0
         self._stop = threading.Event()
@@ -167,7 +168,12 @@ class RssSampler:
                 self._children_mb = self._children_uss_mb()
             rss = self._process.memory_info().rss / 2**20 + self._children_mb
             self.samples.append(
-                (time.time(), rss, cpu.user + cpu.system + cpu.children_user + cpu.children_system)
+                (
+                    time.time(),
+                    rss,
+                    cpu.user + cpu.system + cpu.children_user + cpu.children_system,
+                    self._children_mb,
+                )
             )
             if self._server is not None and tick % self.SERVER_EVERY == 0:
                 self.server_samples.append((time.time(), self._server()))
@@ -194,15 +200,19 @@ class RssSampler:
         self._thread.join()
 
     def peak(self, start: float, end: float) -> float:
-        inside = [rss for at, rss, _ in self.samples if start <= at <= end]
-        return max(inside, default=0.0)
+        return self.peak_parts(start, end)[0]
+
+    def peak_parts(self, start: float, end: float) -> tuple[float, float]:
+        """The peak in ``[start, end]``, and how much of it the reading processes' own memory was."""
+        inside = [(rss, children) for at, rss, _, children in self.samples if start <= at <= end]
+        return max(inside, default=(0.0, 0.0))
 
     def cpu(self, start: float, end: float) -> float:
         """CPU seconds (user + system, every thread of this process and its children) spent
         in ``[start, end]``.
 
         On PostgreSQL the server's own work is in its processes: see :meth:`server_cpu`."""
-        inside = [cpu for at, _, cpu in self.samples if start <= at <= end]
+        inside = [cpu for at, _, cpu, _ in self.samples if start <= at <= end]
         return inside[-1] - inside[0] if inside else 0.0
 
     def server_cpu(self, start: float, end: float) -> float | None:
@@ -299,6 +309,7 @@ def run_case(defs: Any, end_day: str, sampler: RssSampler) -> dict[str, Any]:
                 "cpu_s": sampler.cpu(begin, end),
                 "server_cpu_s": sampler.server_cpu(begin, end),
                 "rss_mb": sampler.peak(begin, end),
+                "children_mb": sampler.peak_parts(begin, end)[1],
             }
     return {
         "total_s": finished - started,
@@ -412,6 +423,7 @@ def _case_lines(size: int, store: str, case: str, figures: dict[str, Any]) -> st
         lines.append(
             f"    {label:<28} {stage['s']:7.2f} s {rate:>12,.0f} orders/s  CPU {stage['cpu_s']:6.1f} s "
             f"({_cores(stage['cpu_s'], stage['s'])} cores){server}  peak {stage['rss_mb']:5.0f} MB"
+            f" (reading process {stage['children_mb']:.0f})"
         )
     return "\n".join(lines)
 

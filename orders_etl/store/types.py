@@ -32,7 +32,7 @@ def sqlite_datetime(value: datetime | None) -> str | None:
     # The fields formatted by hand: two thirds of the time of isoformat (which asks the
     # time zone for its offset, only to have it cut off) and of an f-string, and the same
     # width in every year (strftime writes year 999 as "999"). A landing formats one per
-    # record, in the writer: 200,000 payloads landed 9 % faster.
+    # record, in the writer: 200,000 payloads landed with 9 % less of its CPU.
     fields = (value.year, value.month, value.day, value.hour, value.minute, value.second, value.microsecond)
     return "%04d-%02d-%02d %02d:%02d:%02d.%06d" % fields  # noqa: UP031 (see above)
 

@@ -27,6 +27,7 @@ from multiprocessing.connection import Connection
 from typing import TypeVar
 
 from orders_etl.canonical import OrderRow
+from orders_etl.lists import in_lists
 from orders_etl.model import OrderRecord, Reject
 
 T = TypeVar("T")
@@ -102,19 +103,6 @@ def batches(items: Iterable[Normalized], size: int = 50_000) -> Iterator[Normali
 
 
 _DONE = object()
-
-
-def in_lists(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    """``items`` in lists of ``size`` (the last one shorter); an error of ``items`` drops the
-    list it interrupted: its read did not end."""
-    chunk: list[T] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def read_ahead(items: Iterable[T], size: int, depth: int = 2) -> Iterator[list[T]]:

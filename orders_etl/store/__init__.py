@@ -16,13 +16,14 @@ import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from orders_etl.lists import in_lists
 from orders_etl.model import OrderRecord, Reject, Source
 from orders_etl.store import landing
 from orders_etl.store.engine import create_store_engine, database_url_from_env, masked_url, reading
 from orders_etl.store.landing import LandedInput, LandedRecord, RawRecord
 from orders_etl.store.migrate import ensure_schema
 from orders_etl.store.schema import ORDER_FIELDS, orders, source_orders
-from orders_etl.store.upsert import DEFAULT_CHUNK_SIZE, UpsertCounts, chunked, upsert_frames, upsert_orders
+from orders_etl.store.upsert import DEFAULT_CHUNK_SIZE, UpsertCounts, upsert_frames, upsert_orders
 
 __all__ = ["LandedInput", "LandedRecord", "OrderStore", "RawRecord", "UpsertCounts"]
 
@@ -56,7 +57,7 @@ class OrderStore:
         on_chunk: Callable[[int, UpsertCounts], None] | None = None,
     ) -> UpsertCounts:
         """Upsert orders (a flat iterable, chunked here) into source_orders and orders."""
-        return upsert_orders(self.engine, source, chunked(records, chunk_size), on_chunk=on_chunk)
+        return upsert_orders(self.engine, source, in_lists(records, chunk_size), on_chunk=on_chunk)
 
     def upsert_chunks(
         self,

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from orders_etl.lists import in_lists
 from orders_etl.model import Reject
 from orders_etl.store.engine import plan_for_key_probes, reading
 from orders_etl.store.schema import landed_inputs, order_rejects, raw_orders, raw_orders_pending, sync_state
@@ -151,17 +152,6 @@ def _insert(conn: Connection, table: sa.Table) -> Any:
     return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
 
 
-def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    chunk: list[Any] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 # A record ready to land: its stored key, updated_at, payload text and payload hash.
 LandingRow = tuple[str, datetime | None, str, str]
 
@@ -223,7 +213,7 @@ def land_rows(
     landed = 0
     fetched_at = datetime.now(UTC)
     look_up = True
-    for chunk in _chunks(rows, chunk_size):
+    for chunk in in_lists(rows, chunk_size):
         # One row per version: the last of a key and hash sent twice in a chunk.
         versions = {(row[0], row[3]): row for row in chunk}
         count = len(versions)
@@ -566,7 +556,7 @@ def record_rejects(engine: Engine, rejects: Iterable[Reject], *, run_id: str | N
     """Quarantine rejects: one row per (source, record_key), first/last seen kept."""
     count = 0
     now = datetime.now(UTC)
-    for chunk in _chunks(rejects, LANDING_CHUNK_SIZE):
+    for chunk in in_lists(rejects, LANDING_CHUNK_SIZE):
         latest = {(r.source, storable_key(r.record_key)): r for r in chunk}
         rows = [
             {

@@ -575,17 +575,6 @@ def _drop_superseded_erp_keys(conn: Connection, source: str) -> None:
         )
 
 
-def chunked(records: Iterable[OrderRecord], size: int = DEFAULT_CHUNK_SIZE) -> Iterator[list[OrderRecord]]:
-    chunk: list[OrderRecord] = []
-    for record in records:
-        chunk.append(record)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def upsert_frames(
     engine: Engine,
     source: str | Source,

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from orders_etl.canonical import OrderRow
 from orders_etl.currencies import is_iso_currency
+from orders_etl.lists import in_lists
 from orders_etl.model import InvalidOrder, OrderRecord, Reject, parse_order, snake_code
 from orders_etl.sources.base import NameResolver
 from orders_etl.sources.erp_files.dates import DateParser
@@ -232,7 +233,7 @@ def _normalize(
     """:func:`normalize`; without ``fast``, every record by the record path (the reference
     the fast path is tested against)."""
     mapper = _Mapper(dialect)
-    for chunk in _chunks(records, chunk_size):
+    for chunk in in_lists(records, chunk_size):
         quick = fast.drafts(chunk) if fast is not None else [None] * len(chunk)
         # The record path drafts what the fast path did not take.
         drafts = [mapper.draft(r) if d is None else d for r, d in zip(chunk, quick, strict=True)]
@@ -248,14 +249,3 @@ def _normalize(
                     continue
                 draft = mapper.draft(record)  # a key the model refuses: the record path says so
             yield draft if isinstance(draft, Reject) else mapper.finish(draft, resolved)  # type: ignore[arg-type]
-
-
-def _chunks(records: Iterable[RawLike], size: int) -> Iterator[list[RawLike]]:
-    chunk: list[RawLike] = []
-    for record in records:
-        chunk.append(record)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

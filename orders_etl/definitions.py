@@ -12,7 +12,7 @@ from typing import Any
 
 import dagster as dg
 
-from orders_etl.allocator import limit_malloc_arenas
+from orders_etl.allocator import arrow_on_malloc, limit_malloc_arenas
 from orders_etl.defs.erp.assets import erp_raw_orders, erp_source_orders
 from orders_etl.defs.erp.resources import BusinessCentralResource, ErpFilesResource, ErpSource
 from orders_etl.defs.orders.assets import orders
@@ -26,8 +26,9 @@ from orders_etl.settings import Settings, get_settings
 from orders_etl.store.engine import DEFAULT_DATABASE_URL
 
 # Every process that runs steps loads this module first: cap the allocator's arenas before
-# any step starts a thread (see orders_etl.allocator).
+# any step starts a thread, and give Arrow the same allocator (see orders_etl.allocator).
 limit_malloc_arenas()
+arrow_on_malloc()
 
 ASSETS = [
     shopify_raw_orders,

@@ -40,7 +40,9 @@ def reconciliation(context: dg.AssetExecutionContext, store: StoreResource) -> d
     from orders_etl.store.reconciliation import open_longer_than, run_reconciliation
 
     db = store.store
-    outcome = run_reconciliation(db, config=ReconcileConfig())
+    # One key range at a time through pandas and Arrow: what it freed goes back when it ends.
+    with sync.streaming_heap():
+        outcome = run_reconciliation(db, config=ReconcileConfig())
     context.log.info(
         f"reconciliation: {outcome.open} open ({outcome.new} new, {outcome.resolved} resolved, "
         f"{outcome.reopened} reopened), {outcome.matched} matched, {outcome.pending_sync} pending sync"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gc
 import random
+import sqlite3
 import sys
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -19,6 +21,7 @@ from orders_etl.model import Reject, Source
 from orders_etl.sources.base import Log, no_log, read_ahead_in_child
 from orders_etl.store import OrderStore, RawRecord, landing, names_query
 from orders_etl.store.engine import (
+    SQLITE_PAGE_SIZE,
     create_store_engine,
     masked_url,
     own_connections_after_fork,
@@ -338,6 +341,26 @@ def test_landed_versions_are_queued_once_until_normalized(store: OrderStore) -> 
     assert sorted(r.raw_id for chunk in store.iter_raw("shopify", pending=True) for r in chunk) == sorted(
         r.raw_id for chunk in store.iter_raw("shopify") for r in chunk
     )
+
+
+def test_a_new_sqlite_store_has_16_kib_pages_and_an_existing_one_keeps_its_own(tmp_path) -> None:
+    old = tmp_path / "old.db"
+    with closing(sqlite3.connect(old)) as conn, conn:  # a store made before: 4 KiB, no WAL
+        conn.execute("PRAGMA page_size = 4096")
+        conn.execute("CREATE TABLE kept (x)")
+        conn.execute("INSERT INTO kept VALUES (1)")
+    for path, page_size in ((tmp_path / "new.db", SQLITE_PAGE_SIZE), (old, 4096)):
+        store = OrderStore.from_url(f"sqlite:///{path}")
+        try:
+            store.upsert("shopify", [order("1001")])
+            with store.engine.connect() as conn:
+                assert conn.exec_driver_sql("PRAGMA page_size").scalar_one() == page_size
+                assert conn.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
+                assert conn.execute(sa.select(orders.c.external_id)).scalars().all() == ["1001"]
+        finally:
+            store.dispose()
+    with closing(sqlite3.connect(old)) as conn:
+        assert conn.execute("SELECT x FROM kept").fetchall() == [(1,)]
 
 
 def test_key_lookups_probe_an_index_per_key_on_sqlite(sqlite_url: str) -> None:

@@ -56,6 +56,11 @@ class _DecimalSum:
         return None if self.total is None else str(self.total)
 
 
+# A new store's page. Fixed when the file is created (an existing store keeps its own):
+# a sync writes about a kilobyte of payload per order version, and landing 200,000 of them
+# took the writer a quarter less CPU on 16 KiB pages than on SQLite's default 4 KiB.
+# bench_e2e, 1M orders, alternating: 74.6 and 71.7 s cold at 16 KiB, 79.2 and 78.8 s at 4.
+SQLITE_PAGE_SIZE = 16 * 1024
 SQLITE_WRITE_CACHE_KIB = 16 * 1024
 SQLITE_READ_CACHE_KIB = 8 * 1024
 
@@ -67,6 +72,8 @@ def _configure_sqlite(engine: Engine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        # Before WAL: in a WAL file the page size can no longer change.
+        cursor.execute(f"PRAGMA page_size = {SQLITE_PAGE_SIZE}")
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")

@@ -3,9 +3,10 @@
 For each size N it generates (before any timer) a Shopify bulk-operation result of N orders
 as JSONL and the ERP's CSV export of the same orders, planted differences included
 (``data/samples/generate.py``, the generator of the bundled samples), plus a copy of both
-in which 10 % of the orders were updated. Then, for each store, a fresh process runs the
-project's ``sync_orders`` job in-process over every day, exactly as ``orders-etl sync``
-does (file-backed Shopify and ERP resources, a throwaway Dagster instance):
+in which 10 % of the orders were updated. Then, for each store, it runs the project's
+``sync_orders`` job in-process over every day three times into one new store, each run in a
+fresh process, exactly as ``orders-etl sync`` does (file-backed Shopify and ERP resources, a
+throwaway Dagster instance):
 
 * ``e2e``: into an empty store (read, land, normalize, dedupe, upsert, golden merge,
   checks, reconciliation);
@@ -17,8 +18,8 @@ seconds (every thread, and its reading processes once they end; the cores kept b
 peak memory seen during the stage (its RSS every 20 ms, plus its reading processes' own
 memory every 500 ms), on a PostgreSQL of this machine the server's CPU seconds too (every
 100 ms: its share of the work, on the same cores), and then verifies the store (row counts,
-and the open reconciliation exceptions against the planted differences). Sizes run in
-separate processes, so each size's peak RSS is its own. The last line is one JSON object::
+and the open reconciliation exceptions against the planted differences). Each run's peak
+RSS is its own; a size's is the highest of its three. The last line is one JSON object::
 
     {"sqlite": {"1000000": {"e2e_s": …, "rerun_s": …, "update_s": …, "peak_rss_mb": …}}, …}
 
@@ -320,42 +321,47 @@ def run_case(defs: Any, end_day: str, sampler: RssSampler) -> dict[str, Any]:
     }
 
 
-def child(size: int, store: str, data: Path, pg_url: str) -> None:
-    """Runs in a fresh process: cold, re-run and update into a new store; one JSON line out."""
+CASES = {"e2e": "cold", "rerun": "cold", "update": "update"}  # run -> the inputs it reads
+STORE_URL_VARIABLE = "ORDERS_ETL_BENCH_STORE_URL"  # the parent's store, handed to each run
+
+
+def child(size: int, store: str, data: Path, case: str, pg_url: str) -> None:
+    """Runs in a fresh process: one run (``case``) into the parent's store; one JSON line out.
+
+    Every run has a process of its own, as every sync has: ``orders-etl sync`` runs one and
+    exits, and Dagster's run launcher starts a process per run (schedules, UI backfills).
+    """
     os.environ["ORDERS_ETL_START_DATE"] = START_DATE
     from orders_etl.definitions import build_defs
     from orders_etl.defs.erp.resources import ErpFilesResource
     from orders_etl.defs.shopify.resources import ShopifyBulkFileResource
     from orders_etl.defs.store.resources import StoreResource
 
-    with _store_url(store, data, pg_url) as url:
-
-        def definitions(files: Path) -> Any:
-            return build_defs(
-                {
-                    "store": StoreResource(database_url=url),
-                    "shopify": ShopifyBulkFileResource(path=str(files / generate.SHOPIFY_FILE)),
-                    "erp": ErpFilesResource(
-                        path=str(files / generate.ERP_FILE), dialect_path=str(files / generate.DIALECT_FILE)
-                    ),
-                }
-            )
-
-        end_day = datetime.now(UTC).date().isoformat()
-        cases = {}
-        server = local_postgres_server(pg_url) if store == "postgresql" else None
-        with RssSampler(server=server) as sampler:
-            for case, files in (("e2e", "cold"), ("rerun", "cold"), ("update", "update")):
-                cases[case] = run_case(definitions(data / files), end_day, sampler)
-                print(_case_lines(size, store, case, cases[case]), file=sys.stderr, flush=True)
-        cases["verified"] = verify(url, data)
-    # The child's own high-water mark: ru_maxrss would count the parent's RSS at the fork
+    url = os.environ[STORE_URL_VARIABLE]
+    files = data / CASES[case]
+    defs = build_defs(
+        {
+            "store": StoreResource(database_url=url),
+            "shopify": ShopifyBulkFileResource(path=str(files / generate.SHOPIFY_FILE)),
+            "erp": ErpFilesResource(
+                path=str(files / generate.ERP_FILE), dialect_path=str(files / generate.DIALECT_FILE)
+            ),
+        }
+    )
+    end_day = datetime.now(UTC).date().isoformat()
+    server = local_postgres_server(pg_url) if store == "postgresql" else None
+    with RssSampler(server=server) as sampler:
+        figures = run_case(defs, end_day, sampler)
+    print(_case_lines(size, store, case, figures), file=sys.stderr, flush=True)
+    if case == "update":
+        figures["verified"] = verify(url, data)
+    # The process's own high-water mark: ru_maxrss would count the parent's RSS at the fork
     # (2 GB right after generating 1M orders); or, when more, the highest sample of it and
     # its reading processes together.
     from bench_reconcile import peak_rss_mb
 
-    cases["peak_rss_mb"] = max(peak_rss_mb(), sampler.peak(0, time.time()))
-    print(json.dumps(cases))
+    figures["peak_rss_mb"] = max(peak_rss_mb(), sampler.peak(0, time.time()))
+    print(json.dumps(figures))
 
 
 @contextmanager
@@ -451,11 +457,11 @@ def main() -> None:
     parser.add_argument("--stores", default="sqlite,postgresql")
     parser.add_argument("--pg-url", default=os.environ.get("ORDERS_ETL_BENCH_PG_URL", DEFAULT_PG_URL))
     parser.add_argument("--data", type=Path, help="where the generated inputs are kept (reused if present)")
-    parser.add_argument("--child", nargs=3, metavar=("SIZE", "STORE", "DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=4, metavar=("SIZE", "STORE", "DIR", "RUN"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        size, store, directory = args.child
-        child(int(size), store, Path(directory), args.pg_url)
+        size, store, directory, case = args.child
+        child(int(size), store, Path(directory), case, args.pg_url)
         return
     sizes = [int(size.replace("_", "")) for size in args.sizes.split(",")]
     stores = args.stores.split(",")
@@ -497,9 +503,25 @@ def _data_dir(kept: Path | None) -> Iterator[Path]:
 
 
 def run_child(size: int, store: str, directory: Path, pg_url: str) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--pg-url", pg_url, "--child", str(size), store, str(directory)]
-    completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, cwd=ROOT, check=True)
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    """The three runs into a new store, each in a fresh process; the store dropped after."""
+    with _store_url(store, directory, pg_url) as url:
+        runs = {}
+        for case in CASES:
+            arguments = ["--pg-url", pg_url, "--child", str(size), store, str(directory), case]
+            completed = subprocess.run(
+                [sys.executable, __file__, *arguments],
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=ROOT,
+                check=True,
+                env={**os.environ, STORE_URL_VARIABLE: url},
+            )
+            runs[case] = json.loads(completed.stdout.strip().splitlines()[-1])
+    return {
+        **runs,
+        "verified": runs["update"].pop("verified"),
+        "peak_rss_mb": max(run.pop("peak_rss_mb") for run in runs.values()),
+    }
 
 
 def print_table(results: dict[str, dict[str, Any]]) -> None:

@@ -83,8 +83,11 @@ def _configure_sqlite(engine: Engine) -> None:
         # orders, growing with the store. On file, a journal spills past 64 KiB, and staging
         # tables and sorts past the temp cache, to the OS cache: measured no slower.
         cursor.execute("PRAGMA temp_store = FILE")
-        # Checkpoint the WAL every ~40 MB instead of every 4 MB: a bulk load of payloads
-        # then spends a quarter less time copying pages and syncing the file.
+        # Checkpoint the WAL every 10,000 pages instead of 1,000 (160 MB of 16 KiB pages; a
+        # store made before with 4 KiB pages: 40 MB): a bulk load of payloads then spends a
+        # quarter less time copying pages and syncing the file. Every 40 and every 160 MB
+        # measured the same (300k orders, 4 KiB pages), and the 16 KiB pages were measured
+        # with this setting.
         cursor.execute("PRAGMA wal_autocheckpoint = 10000")
         cursor.close()
         dbapi_connection.create_aggregate("decimal_sum", 1, _DecimalSum)

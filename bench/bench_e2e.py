@@ -305,12 +305,13 @@ def run_case(defs: Any, end_day: str, sampler: RssSampler) -> dict[str, Any]:
             starts[event.step_key] = entry.timestamp
         elif event.event_type_value == "STEP_SUCCESS":
             begin, end = starts[event.step_key], entry.timestamp
+            rss_mb, children_mb = sampler.peak_parts(begin, end)
             stages[event.step_key] = {
                 "s": end - begin,
                 "cpu_s": sampler.cpu(begin, end),
                 "server_cpu_s": sampler.server_cpu(begin, end),
-                "rss_mb": sampler.peak(begin, end),
-                "children_mb": sampler.peak_parts(begin, end)[1],
+                "rss_mb": rss_mb,
+                "children_mb": children_mb,
             }
     return {
         "total_s": finished - started,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import importlib
 import random
 import sqlite3
 import sys
@@ -14,12 +15,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from orders_etl.model import Reject, Source
 from orders_etl.sources.base import Log, no_log, read_ahead_in_child
-from orders_etl.store import OrderStore, RawRecord, landing, names_query
+from orders_etl.store import OrderStore, RawRecord, landing, migrate, names_query
 from orders_etl.store.engine import (
     SQLITE_PAGE_SIZE,
     create_store_engine,
@@ -33,6 +35,7 @@ from orders_etl.store.upsert import _join_by, golden_merge_sql, key_lookups_sql
 from orders_etl_tests.factories import BASE_TIME, order
 
 LATER = BASE_TIME + timedelta(hours=1)
+migration_0006 = importlib.import_module("orders_etl.store.migrations.versions.0006_keys_compare_bytewise")
 
 
 def _rows(store: OrderStore, table: sa.Table, *columns: str) -> list[tuple]:
@@ -361,6 +364,56 @@ def test_a_new_sqlite_store_has_16_kib_pages_and_an_existing_one_keeps_its_own(t
             store.dispose()
     with closing(sqlite3.connect(old)) as conn:
         assert conn.execute("SELECT x FROM kept").fetchall() == [(1,)]
+
+
+def _key_collations(conn: sa.Connection) -> dict[tuple[str, str], str | None]:
+    return {
+        (table, column): collation
+        for table, column, collation in conn.execute(
+            sa.text(
+                "SELECT table_name, column_name, collation_name FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND table_name = ANY(:tables)"
+            ),
+            {"tables": list(migration_0006.KEYS)},
+        )
+        if column in migration_0006.KEYS[table]
+    }
+
+
+@pytest.mark.postgres
+def test_identifiers_compare_bytewise_on_postgresql_in_a_store_made_before_too(pg_url: str) -> None:
+    engine = create_store_engine(pg_url)
+    try:
+        migrate.upgrade(engine, "0005")  # a store made before revision 0006, with its data
+        with engine.begin() as conn:
+            assert set(_key_collations(conn).values()) == {None}  # the database's own
+            conn.execute(orders.insert(), [
+                {"id": f"id-{key}", "external_id": key, "number": key, "currency": "USD",
+                 "total_amount": Decimal("1.00"), "status": "pending", "updated_at": BASE_TIME,
+                 "origin": "shopify", "synced_at": BASE_TIME}
+                for key in ("a-1", "B-2", "é-3")
+            ])  # fmt: skip
+        migrate.upgrade(engine)
+        with engine.connect() as conn:
+            collations = _key_collations(conn)
+            assert len(collations) == sum(map(len, migration_0006.KEYS.values()))
+            assert set(collations.values()) == {"C"}
+            # Code point order (upper case before lower case, é last), the order of SQLite.
+            assert conn.execute(
+                sa.select(orders.c.external_id).order_by(orders.c.external_id)
+            ).scalars().all() == ["B-2", "a-1", "é-3"]
+            # The views were made again over the converted columns.
+            conn.exec_driver_sql("SELECT count(*) FROM reconciliation_open_exceptions").scalar_one()
+            assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+        with engine.begin() as conn:
+            config = migrate._config()
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0005")
+        with engine.connect() as conn:
+            assert set(_key_collations(conn).values()) == {None}
+            assert conn.execute(sa.select(sa.func.count()).select_from(orders)).scalar_one() == 3
+    finally:
+        engine.dispose()
 
 
 def test_key_lookups_probe_an_index_per_key_on_sqlite(sqlite_url: str) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from orders_etl.store.types import Money, UtcDateTime
+from orders_etl.store.types import Key, Money, UtcDateTime
 
 metadata = sa.MetaData()
 
@@ -35,7 +35,7 @@ DATETIME_FIELDS = frozenset({"created_at", "updated_at", "deleted_at"})
 
 def _order_columns() -> list[sa.Column]:
     return [
-        sa.Column("number", sa.Text, nullable=False),
+        sa.Column("number", Key, nullable=False),
         sa.Column("created_at", UtcDateTime),
         sa.Column("currency", sa.Text, nullable=False),
         sa.Column("total_amount", Money, nullable=False),
@@ -55,8 +55,8 @@ def _order_columns() -> list[sa.Column]:
 source_orders = sa.Table(
     "source_orders",
     metadata,
-    sa.Column("source", sa.Text, primary_key=True),
-    sa.Column("external_id", sa.Text, primary_key=True),
+    sa.Column("source", Key, primary_key=True),
+    sa.Column("external_id", Key, primary_key=True),
     *_order_columns(),
     # Hash of the normalized fields: tells "unchanged" without comparing every column and
     # breaks updated_at ties deterministically (the larger hash wins).
@@ -71,8 +71,8 @@ source_orders = sa.Table(
 orders = sa.Table(
     "orders",
     metadata,
-    sa.Column("id", sa.Text, primary_key=True),
-    sa.Column("external_id", sa.Text, nullable=False, unique=True),
+    sa.Column("id", Key, primary_key=True),
+    sa.Column("external_id", Key, nullable=False, unique=True),
     *_order_columns(),
     sa.Column("origin", sa.Text, nullable=False),
     sa.Column("synced_at", UtcDateTime, nullable=False),
@@ -84,11 +84,11 @@ raw_orders = sa.Table(
     "raw_orders",
     metadata,
     sa.Column("raw_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
-    sa.Column("source", sa.Text, nullable=False),
-    sa.Column("record_key", sa.Text, nullable=False),
+    sa.Column("source", Key, nullable=False),
+    sa.Column("record_key", Key, nullable=False),
     sa.Column("updated_at", UtcDateTime),
     sa.Column("payload", sa.Text, nullable=False),
-    sa.Column("payload_hash", sa.Text, nullable=False),
+    sa.Column("payload_hash", Key, nullable=False),
     sa.Column("fetched_at", UtcDateTime, nullable=False),
     sa.Column("run_id", sa.Text),
     # The same payload fetched again is not landed twice, so re-runs keep the table stable.
@@ -101,7 +101,7 @@ raw_orders = sa.Table(
 raw_orders_pending = sa.Table(
     "raw_orders_pending",
     metadata,
-    sa.Column("source", sa.Text, primary_key=True),
+    sa.Column("source", Key, primary_key=True),
     sa.Column("raw_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
 )
 
@@ -112,8 +112,8 @@ landed_inputs = sa.Table(
     "landed_inputs",
     metadata,
     sa.Column("input_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
-    sa.Column("source", sa.Text, nullable=False),
-    sa.Column("fingerprint", sa.Text, nullable=False),
+    sa.Column("source", Key, nullable=False),
+    sa.Column("fingerprint", Key, nullable=False),
     sa.Column("window_start", UtcDateTime),
     sa.Column("window_end", UtcDateTime),
     sa.Column("records", sa.BigInteger, nullable=False),
@@ -125,8 +125,8 @@ landed_inputs = sa.Table(
 order_rejects = sa.Table(
     "order_rejects",
     metadata,
-    sa.Column("source", sa.Text, primary_key=True),
-    sa.Column("record_key", sa.Text, primary_key=True),
+    sa.Column("source", Key, primary_key=True),
+    sa.Column("record_key", Key, primary_key=True),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("payload", sa.Text),
     sa.Column("first_seen_at", UtcDateTime, nullable=False),
@@ -137,7 +137,7 @@ order_rejects = sa.Table(
 sync_state = sa.Table(
     "sync_state",
     metadata,
-    sa.Column("source", sa.Text, primary_key=True),
+    sa.Column("source", Key, primary_key=True),
     sa.Column("high_water_mark", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.Column("run_id", sa.Text),
@@ -146,8 +146,8 @@ sync_state = sa.Table(
 reconciliation_exceptions = sa.Table(
     "reconciliation_exceptions",
     metadata,
-    sa.Column("external_id", sa.Text, primary_key=True),
-    sa.Column("kind", sa.Text, primary_key=True),
+    sa.Column("external_id", Key, primary_key=True),
+    sa.Column("kind", Key, primary_key=True),
     sa.Column("currency", sa.Text),
     sa.Column("order_created_at", UtcDateTime),
     sa.Column("shopify_value", sa.Text),
@@ -173,7 +173,7 @@ reconciliation_summary = sa.Table(
     "reconciliation_summary",
     metadata,
     sa.Column("day", sa.Date, primary_key=True),
-    sa.Column("currency", sa.Text, primary_key=True),
+    sa.Column("currency", Key, primary_key=True),
     sa.Column("shopify_orders", sa.Integer, nullable=False),
     sa.Column("erp_orders", sa.Integer, nullable=False),
     sa.Column("shopify_total", Money, nullable=False),

@@ -15,10 +15,16 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
 SQLITE_DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+
+
+# Identifiers (sources, keys, hashes, order numbers and ids): text compared byte by byte on
+# PostgreSQL whatever the database's collation, as SQLite compares all text (migration 0006).
+Key = sa.Text().with_variant(postgresql.TEXT(collation="C"), "postgresql")
 
 
 def sqlite_datetime(value: datetime | None) -> str | None:

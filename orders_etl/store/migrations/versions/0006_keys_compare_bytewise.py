@@ -10,9 +10,9 @@ range over them compares text. Under a database collation such as en_US.UTF-8, o
 C.UTF-8 on PostgreSQL 15, each of those comparisons goes through the C library's strcoll
 instead of memcmp. These columns hold identifiers (gid://shopify/Order/…, hex hashes, ERP
 document numbers, currency codes), whose order by the rules of a language serves no one.
-Landing 300,000 payloads (interleaved runs, medians), the server's CPU fell by about a tenth:
-in a C.UTF-8 database 6.54 to 5.76 s with ERP keys and 6.76 to 6.31 s with Shopify ids; in an
-ICU en-US one 5.68 to 5.10 s and 6.17 to 5.28 s.
+Landing 300,000 payloads, the server's CPU fell by 4–12 % (``bench/bench_pg_keys.py``, medians
+of five interleaved rounds): in a C.UTF-8 database 6.18 to 5.44 s with ERP keys and 6.32 to
+6.04 s with Shopify ids; in an ICU en-US one 6.12 to 5.64 s and 7.13 to 6.29 s.
 
 Equality is unchanged: a database's collation is deterministic (two strings are equal only
 if their bytes are), so no unique index refuses a row it took before, and no lookup finds

@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 
 from orders_etl.model import Reject, Source
@@ -406,7 +407,8 @@ def test_identifiers_compare_bytewise_on_postgresql_in_a_store_made_before_too(p
             conn.exec_driver_sql("SELECT count(*) FROM reconciliation_open_exceptions").scalar_one()
             assert compare_metadata(MigrationContext.configure(conn), metadata) == []
         with engine.begin() as conn:
-            config = migrate._config()
+            config = Config()
+            config.set_main_option("script_location", str(migrate.MIGRATIONS_DIR))
             config.attributes["connection"] = conn
             command.downgrade(config, "0005")
         with engine.connect() as conn:

@@ -17,7 +17,7 @@ of five interleaved rounds): in a C.UTF-8 database 6.18 to 5.44 s with ERP keys 
 Equality is unchanged: a database's collation is deterministic (two strings are equal only
 if their bytes are), so no unique index refuses a row it took before, and no lookup finds
 another row. What changes is the order of ``ORDER BY`` on these columns: by code point,
-as SQLite orders all text. The views read two of these columns, and PostgreSQL refuses to
+as SQLite orders all text. The views read some of these columns, and PostgreSQL refuses to
 change a column a view reads, so the views are dropped and made again as revision 0002
 made them. SQLite compares text byte by byte already: nothing to do there.
 """

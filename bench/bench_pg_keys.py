@@ -25,13 +25,11 @@ import json
 import random
 import statistics
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import sqlalchemy as sa
-from bench_e2e import DEFAULT_PG_URL, ServerCpu, local_postgres_server
+from bench_e2e import DEFAULT_PG_URL, ServerCpu, _store_url, local_postgres_server
 
 from orders_etl.store import migrate
 from orders_etl.store.engine import create_store_engine
@@ -54,19 +52,6 @@ def landing_rows(source: str, size: int, rng: random.Random) -> list[LandingRow]
     return rows
 
 
-@contextmanager
-def store_url(admin: sa.Engine, pg_url: str) -> Iterator[str]:
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    try:
-        url = sa.make_url(pg_url).update_query_dict({"options": f"-csearch_path={schema}"})
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=300_000)
@@ -80,10 +65,9 @@ def main() -> None:
     rng = random.Random(1)
     inputs = {source: landing_rows(source, args.size, rng) for source in ("erp", "shopify")}
     figures: dict[str, dict[str, list[float]]] = {schema: {} for schema in SCHEMAS}
-    admin = sa.create_engine(args.pg_url)
     for rep in range(args.reps):
         for schema in SCHEMAS:
-            with store_url(admin, args.pg_url) as url:
+            with _store_url("postgresql", Path(), args.pg_url) as url:
                 engine = create_store_engine(url)
                 try:
                     migrate.upgrade(engine, schema)
@@ -97,7 +81,6 @@ def main() -> None:
                     print(f"round {rep + 1}, schema {schema:>4}: {' | '.join(line)}", flush=True)
                 finally:
                     engine.dispose()
-    admin.dispose()
     medians = {
         schema: {name: round(statistics.median(values), 2) for name, values in by_name.items()}
         for schema, by_name in figures.items()

@@ -1,14 +1,15 @@
 """PostgreSQL: what landing payloads costs the server with keys in the database's collation
-(the schema before migration 0006) and compared byte by byte (``COLLATE "C"``, since 0006).
+(as before migration 0006) and compared byte by byte (``COLLATE "C"``, since 0006).
 
-For each of ``--reps`` rounds, and each schema in turn (interleaved, so that a slower minute of
-the machine weighs on both), it makes a fresh store in a new PostgreSQL schema and lands N
+For each of ``--reps`` rounds, and each collation in turn (interleaved, so that a slower minute
+of the machine weighs on both), it makes a fresh store in a new PostgreSQL schema (for the
+database's collation, the landing's key columns set back to it) and lands N
 payloads under ERP-like keys (``SO-100001``…) and then N under Shopify ids
 (``gid://shopify/Order/…``), in random key order, through ``land_rows``; it prints the wall
 and the local server's CPU seconds of each landing. The last line is one JSON object with
 the medians::
 
-    {"0005": {"erp_server_s": …, "shopify_server_s": …}, "head": {…}}
+    {"default": {"erp_server_s": …, "shopify_server_s": …}, "C": {…}}
 
     python bench/bench_pg_keys.py [--size 300000] [--reps 4]
                                   [--pg-url postgresql+psycopg://postgres@127.0.0.1:5432/test]
@@ -35,7 +36,9 @@ from orders_etl.store import migrate
 from orders_etl.store.engine import create_store_engine
 from orders_etl.store.landing import LandingRow, land_rows
 
-SCHEMAS = ("0005", "head")  # keys in the database's collation, then in "C"
+COLLATIONS = ("default", "C")  # the database's, then byte order
+# The key columns the landing writes and looks up (migration 0006 made them "C").
+LANDING_KEYS = {"raw_orders": ("source", "record_key", "payload_hash"), "raw_orders_pending": ("source",)}
 PAYLOAD_PADDING = 600  # about the size of a landed Shopify order
 
 
@@ -64,26 +67,31 @@ def main() -> None:
     server_cpu = ServerCpu(postmaster)
     rng = random.Random(1)
     inputs = {source: landing_rows(source, args.size, rng) for source in ("erp", "shopify")}
-    figures: dict[str, dict[str, list[float]]] = {schema: {} for schema in SCHEMAS}
+    figures: dict[str, dict[str, list[float]]] = {collation: {} for collation in COLLATIONS}
     for rep in range(args.reps):
-        for schema in SCHEMAS:
+        for collation in COLLATIONS:
             with _store_url("postgresql", Path(), args.pg_url) as url:
                 engine = create_store_engine(url)
                 try:
-                    migrate.upgrade(engine, schema)
+                    migrate.upgrade(engine)
+                    with engine.begin() as conn:
+                        for table, columns in LANDING_KEYS.items():
+                            for column in columns:
+                                alter = f'ALTER COLUMN {column} TYPE text COLLATE "{collation}"'
+                                conn.exec_driver_sql(f"ALTER TABLE {table} {alter}")
                     line = []
                     for source, rows in inputs.items():
                         cpu, start = server_cpu(), time.perf_counter()
                         land_rows(engine, source, iter(rows))
                         wall, server = time.perf_counter() - start, server_cpu() - cpu
-                        figures[schema].setdefault(f"{source}_server_s", []).append(server)
+                        figures[collation].setdefault(f"{source}_server_s", []).append(server)
                         line.append(f"{source} {wall:5.2f} s, server CPU {server:5.2f} s")
-                    print(f"round {rep + 1}, schema {schema:>4}: {' | '.join(line)}", flush=True)
+                    print(f"round {rep + 1}, collation {collation:>7}: {' | '.join(line)}", flush=True)
                 finally:
                     engine.dispose()
     medians = {
-        schema: {name: round(statistics.median(values), 2) for name, values in by_name.items()}
-        for schema, by_name in figures.items()
+        collation: {name: round(statistics.median(values), 2) for name, values in by_name.items()}
+        for collation, by_name in figures.items()
     }
     print(json.dumps(medians))
 

@@ -31,7 +31,7 @@ from orders_etl.store.engine import (
     plan_for_key_probes,
 )
 from orders_etl.store.landing import forget_pending_query, land_raw, landed_before_query, pending_query
-from orders_etl.store.schema import metadata, orders, source_orders
+from orders_etl.store.schema import declared, metadata, orders, raw_orders, source_orders
 from orders_etl.store.upsert import _join_by, golden_merge_sql, key_lookups_sql
 from orders_etl_tests.factories import BASE_TIME, order
 
@@ -49,9 +49,13 @@ def _rows(store: OrderStore, table: sa.Table, *columns: str) -> list[tuple]:
         ]
 
 
+def _schema_diff(conn: sa.Connection) -> list[Any]:
+    return compare_metadata(MigrationContext.configure(conn, opts={"include_object": declared}), metadata)
+
+
 def test_migrations_create_exactly_the_declared_schema(store: OrderStore) -> None:
     with store.engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+        diff = _schema_diff(conn)
     assert diff == []
 
 
@@ -273,6 +277,53 @@ def test_a_version_sent_twice_in_one_landing_is_landed_once(store: OrderStore) -
     assert _pending(store) == ["1", "1", "2"]
 
 
+SOURCES_COUNTED = ("shopify", "erp_files")
+
+
+def _counted(store: OrderStore) -> dict[str, tuple[int, int]]:
+    """Per source: the count the raw step reports, and a count of the rows themselves."""
+    with store.engine.connect() as conn:
+        counts = dict(conn.exec_driver_sql("SELECT source, count(*) FROM raw_orders GROUP BY source").all())
+    return {source: (store.count_landed(source), counts.get(source, 0)) for source in SOURCES_COUNTED}
+
+
+def test_the_landed_payloads_are_counted_through_landings_deletes_and_truncation(store: OrderStore) -> None:
+    store.land_raw("shopify", [RawRecord(str(i), BASE_TIME, {"id": i}) for i in range(3)])
+    store.land_raw("erp_files", [RawRecord("SO-1", BASE_TIME, {"no": 1})])
+    assert _counted(store) == {"shopify": (3, 3), "erp_files": (1, 1)}
+    store.land_raw("shopify", [RawRecord(str(i), BASE_TIME, {"id": i}) for i in range(4)])  # one new
+    assert _counted(store) == {"shopify": (4, 4), "erp_files": (1, 1)}
+    with store.engine.begin() as conn:  # by hand, as an operator might
+        conn.exec_driver_sql("DELETE FROM raw_orders WHERE source = 'shopify' AND record_key IN ('0', '1')")
+    assert _counted(store) == {"shopify": (2, 2), "erp_files": (1, 1)}
+    with store.engine.begin() as conn:
+        postgresql = store.engine.dialect.name == "postgresql"
+        conn.exec_driver_sql("TRUNCATE raw_orders" if postgresql else "DELETE FROM raw_orders")
+    assert _counted(store) == {"shopify": (0, 0), "erp_files": (0, 0)}
+    store.land_raw("erp_files", [RawRecord("SO-2", BASE_TIME, {"no": 2})])
+    assert _counted(store) == {"shopify": (0, 0), "erp_files": (1, 1)}
+
+
+@pytest.mark.postgres
+def test_a_postgresql_store_made_before_the_counts_gets_them_counted(pg_url: str) -> None:
+    engine = create_store_engine(pg_url)
+    try:
+        migrate.upgrade(engine, "0006")
+        with engine.begin() as conn:  # landed before 0007 (whose landing also counts)
+            conn.execute(raw_orders.insert(), [
+                {"source": source, "record_key": key, "payload": "{}", "payload_hash": key,
+                 "fetched_at": BASE_TIME}
+                for source, key in [*(("shopify", str(i)) for i in range(5)), ("erp_files", "SO-1")]
+            ])  # fmt: skip
+        migrate.upgrade(engine)
+        store = OrderStore(engine)
+        assert _counted(store) == {"shopify": (5, 5), "erp_files": (1, 1)}
+        land_raw(engine, "shopify", [RawRecord("5", BASE_TIME, {"id": 5})])
+        assert _counted(store) == {"shopify": (6, 6), "erp_files": (1, 1)}
+    finally:
+        engine.dispose()
+
+
 def test_an_input_landed_whole_holds_the_windows_inside_its_own(store: OrderStore) -> None:
     day = timedelta(days=1)
     start, end = BASE_TIME, BASE_TIME + 10 * day
@@ -405,7 +456,7 @@ def test_identifiers_compare_bytewise_on_postgresql_in_a_store_made_before_too(p
             ).scalars().all() == ["B-2", "a-1", "é-3"]
             # The views were made again over the converted columns.
             conn.exec_driver_sql("SELECT count(*) FROM reconciliation_open_exceptions").scalar_one()
-            assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+            assert _schema_diff(conn) == []
         with engine.begin() as conn:
             config = Config()
             config.set_main_option("script_location", str(migrate.MIGRATIONS_DIR))

@@ -30,7 +30,7 @@ from orders_etl.store import LandedInput, LandedRecord, OrderStore, RawRecord, U
 from orders_etl.store.engine import own_connections_after_fork, reading
 from orders_etl.store.frames import FRAME_COLUMNS, NO_KEY, canonical_text, rows_to_table
 from orders_etl.store.landing import LANDING_CHUNK_SIZE, LandingRow, landing_row
-from orders_etl.store.schema import order_rejects, raw_orders, source_orders
+from orders_etl.store.schema import order_rejects, source_orders
 
 OWNERS = ["team:data-engineering"]
 # Transient faults (a dropped database connection, a lock timeout, a worker lost) are worth
@@ -265,7 +265,7 @@ def raw_result(
         for key, updated_at, _text, _hash in outcome.preview
     ]
     metadata: dict[str, Any] = {
-        "dagster/row_count": count_rows(store, raw_orders, raw_orders.c.source == source.value),
+        "dagster/row_count": store.count_landed(source),
         "fetched": outcome.fetched,
         "landed": outcome.landed,
         "window": window.describe(),

@@ -147,6 +147,10 @@ class OrderStore:
         """:meth:`land_raw` of records already made rows (``landing.landing_row``)."""
         return landing.land_rows(self.engine, Source(source).value, rows, run_id=run_id, on_chunk=on_chunk)
 
+    def count_landed(self, source: str | Source) -> int:
+        """How many payloads ``source`` has in ``raw_orders``."""
+        return landing.count_landed(self.engine, Source(source).value)
+
     def landed_whole(
         self, source: str | Source, fingerprint: str, start: datetime | None, end: datetime | None
     ) -> LandedInput | None:

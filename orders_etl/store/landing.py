@@ -305,16 +305,36 @@ def _land_postgresql(
     with driver.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[union-attr]
         for row in rows:
             copy.write_row(row)
+    # Queued and counted in raw_orders_counts (migration 0007) in the same statement.
     result = conn.execute(
         sa.text(
             f"WITH landed AS (INSERT INTO raw_orders ({_RAW_COLUMNS}) "
             "SELECT :source, record_key, updated_at, payload, payload_hash, :fetched_at, :run_id "
-            "FROM staging_raw ON CONFLICT (source, record_key, payload_hash) DO NOTHING RETURNING raw_id) "
-            "INSERT INTO raw_orders_pending (source, raw_id) SELECT :source, raw_id FROM landed"
+            "FROM staging_raw ON CONFLICT (source, record_key, payload_hash) DO NOTHING RETURNING raw_id), "
+            "queued AS (INSERT INTO raw_orders_pending (source, raw_id) "
+            "SELECT :source, raw_id FROM landed RETURNING raw_id), "
+            "new AS (SELECT count(*) AS payloads FROM queued), "
+            "counted AS (INSERT INTO raw_orders_counts AS c (source, payloads) "
+            "SELECT :source, payloads FROM new "
+            "ON CONFLICT (source) DO UPDATE SET payloads = c.payloads + excluded.payloads) "
+            "SELECT payloads FROM new"
         ),
         {"source": source, "fetched_at": fetched_at, "run_id": run_id},
     )
-    return result.rowcount
+    return result.scalar_one()
+
+
+def count_landed(engine: Engine, source: str) -> int:
+    """How many payloads ``source`` has in ``raw_orders``: on PostgreSQL its row of
+    ``raw_orders_counts``, which triggers keep (migration 0007; a count there reads every
+    payload of the table, from the disk once the OS dropped them); on SQLite a count of
+    the key index's entries."""
+    with reading(engine).connect() as conn:
+        if conn.dialect.name == "postgresql":
+            query = sa.text("SELECT payloads FROM raw_orders_counts WHERE source = :source")
+            return conn.execute(query, {"source": source}).scalar_one_or_none() or 0
+        query = sa.select(sa.func.count()).select_from(raw_orders).where(raw_orders.c.source == source)
+        return conn.execute(query).scalar_one()
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,16 @@ from orders_etl.store.types import Key, Money, UtcDateTime
 
 metadata = sa.MetaData()
 
+# Tables of the store that no Table object here describes: PostgreSQL's triggers keep
+# raw_orders_counts (migration 0007), and the code reads it by name.
+UNDECLARED_TABLES = frozenset({"raw_orders_counts"})
+
+
+def declared(_object: object, name: str | None, type_: str, _reflected: bool, _compare_to: object) -> bool:
+    """Alembic's ``include_object``: whether comparing the store with ``metadata`` looks at it."""
+    return not (type_ == "table" and name in UNDECLARED_TABLES)
+
+
 # The normalized fields every source produces and the golden record carries.
 ORDER_FIELDS: tuple[str, ...] = (
     "number",

@@ -326,9 +326,9 @@ def _land_postgresql(
 
 def count_landed(engine: Engine, source: str) -> int:
     """How many payloads ``source`` has in ``raw_orders``: on PostgreSQL its row of
-    ``raw_orders_counts``, which triggers keep (migration 0007; a count there reads every
-    payload of the table, from the disk once the OS dropped them); on SQLite a count of
-    the key index's entries."""
+    ``raw_orders_counts``, which the landing and triggers keep (migration 0007; a count
+    there reads every payload of the table, from the disk once the OS dropped them); on
+    SQLite a count of the key index's entries."""
     with reading(engine).connect() as conn:
         if conn.dialect.name == "postgresql":
             query = sa.text("SELECT payloads FROM raw_orders_counts WHERE source = :source")

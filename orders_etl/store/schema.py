@@ -12,8 +12,8 @@ from orders_etl.store.types import Key, Money, UtcDateTime
 
 metadata = sa.MetaData()
 
-# Tables of the store that no Table object here describes: PostgreSQL's triggers keep
-# raw_orders_counts (migration 0007), and the code reads it by name.
+# Tables of the store that no Table object here describes: raw_orders_counts, PostgreSQL's
+# only, kept by the landing and triggers (migration 0007) and read by name.
 UNDECLARED_TABLES = frozenset({"raw_orders_counts"})
 
 

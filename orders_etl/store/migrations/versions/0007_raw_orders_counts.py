@@ -18,6 +18,10 @@ included. (An insert trigger would have to copy every landed payload into its tr
 table: 11 % more of the server's CPU for a landing, measured.) A concurrent landing waits
 on its source's row only from the end of its statement to its commit. SQLite counts an
 index that is always current: it gets no such table.
+
+A landing by an earlier release does not count what it lands: upgrade the workers before
+a run of this release migrates the store (a step of an earlier release refuses a store
+newer than it knows, but only when the step starts).
 """
 
 from __future__ import annotations
@@ -59,8 +63,7 @@ _STATEMENTS = (
 def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
-    # The first statement locks raw_orders against writes until this commits, so no landing
-    # slips between the count and the triggers.
+    # Landings wait until this commits: none slips between the count and the triggers.
     op.execute("LOCK TABLE raw_orders IN SHARE ROW EXCLUSIVE MODE")
     for statement in _STATEMENTS:
         op.execute(statement)

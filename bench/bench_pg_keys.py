@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import random
 import statistics
@@ -37,8 +38,9 @@ from orders_etl.store.engine import create_store_engine
 from orders_etl.store.landing import LandingRow, land_rows
 
 COLLATIONS = ("default", "C")  # the database's, then byte order
-# The key columns the landing writes and looks up (migration 0006 made them "C").
-LANDING_KEYS = {"raw_orders": ("source", "record_key", "payload_hash"), "raw_orders_pending": ("source",)}
+# The key columns the landing writes and looks up: migration 0006's, of the landing's tables.
+_KEYS = importlib.import_module("orders_etl.store.migrations.versions.0006_keys_compare_bytewise").KEYS
+LANDING_KEYS = {table: _KEYS[table] for table in ("raw_orders", "raw_orders_pending")}
 PAYLOAD_PADDING = 600  # about the size of a landed Shopify order
 
 

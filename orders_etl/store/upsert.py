@@ -455,16 +455,30 @@ def golden_merge_sql(conn: Connection, source: str, present: list[str]) -> str:
     """SQL (parameter ``synced_at``): merge the golden rows of the staged keys, written by
     ``source``, when ``present`` are the sources holding orders."""
     dialect = conn.dialect.name
-    select = _single_source_select(source) if present == [source] else _golden_select(present, dialect)
+    single = present == [source]
+    select = _single_source_select(source) if single else _golden_select(present, dialect)
     distinct = "IS NOT" if dialect == "sqlite" else "IS DISTINCT FROM"
     compared = (*ORDER_FIELDS, "origin")
     changed = " OR ".join(f"orders.{c} {distinct} excluded.{c}" for c in compared)
     assignments = ", ".join(f"{c} = excluded.{c}" for c in (*compared, "synced_at"))
     names = ", ".join(compared)
+    unchanged_left_out = "WHERE true "
+    if dialect == "postgresql" and not single:
+        # PostgreSQL locks every conflicting row before it reads DO UPDATE's WHERE: a row
+        # lock written to the page and the WAL even when nothing changes. An ERP chunk fills
+        # little of golden rows that Shopify owns, so most of its rows would be locked for
+        # nothing (1M ERP orders: 330 MB of WAL for 87,000 changed rows). Golden rows that
+        # would not change are left out here instead, one probe of the key each (writers
+        # hold _lock_writers' lock, so what the probe reads stays true until the insert).
+        current = " OR ".join(f"o.{c} IS DISTINCT FROM g.{c}" for c in compared)
+        unchanged_left_out = (
+            "LEFT JOIN LATERAL (SELECT * FROM orders WHERE external_id = g.external_id OFFSET 0) AS o "
+            f"ON true WHERE (o.external_id IS NULL OR {current}) "
+        )
     return (
         f"INSERT INTO orders (id, external_id, {names}, synced_at) "
         f"SELECT g.candidate_id, g.external_id, {', '.join('g.' + c for c in compared)}, :synced_at "
-        f"FROM ({select}) AS g WHERE true {_in_key_order(conn, 'g.')}"
+        f"FROM ({select}) AS g {unchanged_left_out}{_in_key_order(conn, 'g.')}"
         f"ON CONFLICT (external_id) DO UPDATE SET {assignments} WHERE {changed}"
     )
 

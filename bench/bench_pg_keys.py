@@ -36,6 +36,7 @@ from bench_e2e import DEFAULT_PG_URL, ServerCpu, _store_url, local_postgres_serv
 from orders_etl.store import migrate
 from orders_etl.store.engine import create_store_engine
 from orders_etl.store.landing import LandingRow, land_rows
+from orders_etl.store.types import sqlite_datetime
 
 COLLATIONS = ("default", "C")  # the database's, then byte order
 # The key columns the landing writes and looks up: migration 0006's, of the landing's tables.
@@ -53,7 +54,7 @@ def landing_rows(source: str, size: int, rng: random.Random) -> list[LandingRow]
         key = f"SO-{100_000 + i}" if source == "erp" else f"gid://shopify/Order/{5_600_000_000_000 + i}"
         text = json.dumps({"id": key, "note": "x" * PAYLOAD_PADDING})
         digest = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-        rows.append((key, start + timedelta(seconds=i), text, digest))
+        rows.append((key, sqlite_datetime(start + timedelta(seconds=i)), text, digest))
     return rows
 
 

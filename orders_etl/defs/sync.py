@@ -31,6 +31,7 @@ from orders_etl.store.engine import own_connections_after_fork, reading
 from orders_etl.store.frames import FRAME_COLUMNS, NO_KEY, canonical_text, rows_to_table
 from orders_etl.store.landing import LANDING_CHUNK_SIZE, LandingRow, landing_row
 from orders_etl.store.schema import order_rejects, source_orders
+from orders_etl.store.types import parse_sqlite_datetime
 
 OWNERS = ["team:data-engineering"]
 # Transient faults (a dropped database connection, a lock timeout, a worker lost) are worth
@@ -261,7 +262,7 @@ def raw_result(
     store: OrderStore, source: Source, window: SyncWindow, outcome: LandOutcome, label: str
 ) -> dg.MaterializeResult:
     rows = [
-        {"record_key": key, "updated_at": updated_at.isoformat() if updated_at else ""}
+        {"record_key": key, "updated_at": parse_sqlite_datetime(updated_at).isoformat() if updated_at else ""}
         for key, updated_at, _text, _hash in outcome.preview
     ]
     metadata: dict[str, Any] = {

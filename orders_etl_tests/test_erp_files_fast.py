@@ -34,6 +34,7 @@ from orders_etl.sources.erp_files.reader import _FileRead
 from orders_etl.sources.erp_files.records import RecordReader, plain_record
 from orders_etl.store.frames import canonical_text
 from orders_etl.store.landing import LandedRecord, dump_payload
+from orders_etl.store.types import sqlite_datetime
 from orders_etl_tests.hostile import NUMERIC_STRINGS, fuzz_settings, hostile_texts
 from orders_etl_tests.test_hostile_erp_files import DIALECTS, HEADER, encode_rows
 from orders_etl_tests.test_hostile_erp_files import rows as hostile_rows
@@ -61,11 +62,21 @@ def read(path: Path, dialect: Dialect, *, fast: bool) -> tuple[list[Any], tuple[
 
 
 def landed(records: Iterable[Any]) -> list[LandedRecord]:
-    """The records as the store hands them back (text landed, payload parsed on demand)."""
-    return [
-        LandedRecord(r.record_key, r.updated_at, raw_id=i, text=r.text or dump_payload(r.payload))
-        for i, r in enumerate(records, start=1)
-    ]
+    """The records as the store hands them back (text landed, payload parsed on demand), one
+    in two with its time as SQLite's text, as SQLite hands it back, the rest as PostgreSQL."""
+    out = []
+    for i, r in enumerate(records, start=1):
+        text = r.text or dump_payload(r.payload)
+        aware = r.updated_at is not None and r.updated_at.utcoffset() is not None
+        if i % 2 and aware:
+            out.append(
+                LandedRecord(
+                    r.record_key, None, raw_id=i, text=text, updated_text=sqlite_datetime(r.updated_at)
+                )
+            )
+        else:
+            out.append(LandedRecord(r.record_key, r.updated_at, raw_id=i, text=text))
+    return out
 
 
 class Resolver:

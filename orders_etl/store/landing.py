@@ -24,7 +24,7 @@ from orders_etl.lists import in_lists
 from orders_etl.model import Reject
 from orders_etl.store.engine import plan_for_key_probes, reading
 from orders_etl.store.schema import landed_inputs, order_rejects, raw_orders, raw_orders_pending, sync_state
-from orders_etl.store.types import UtcDateTime, sqlite_datetime
+from orders_etl.store.types import UtcDateTime, parse_sqlite_datetime, sqlite_datetime
 
 LANDING_CHUNK_SIZE = 5_000
 # Record keys are indexed: a PostgreSQL btree entry much past 2.7 kB is refused.
@@ -53,10 +53,13 @@ class LandedRecord:
     """A landed version: its key, ``updated_at``, JSON ``text`` and ``raw_id``.
 
     ``payload`` (the text parsed, amounts as Decimal) is parsed on first use only: a fast
-    normalizer decodes ``text`` itself and never pays for it.
+    normalizer decodes ``text`` itself and never pays for it. So is ``updated_text``, the
+    time as SQLite stores it (read from SQLite): the Shopify mapping reads the time in the
+    payload, and the ERP's fast one wants this very text (1M orders: 1 s of parsing less
+    in each normalize's reading process).
     """
 
-    __slots__ = ("_payload", "raw_id", "record_key", "text", "updated_at")
+    __slots__ = ("_payload", "_updated_at", "raw_id", "record_key", "text", "updated_text")
 
     def __init__(
         self,
@@ -66,14 +69,24 @@ class LandedRecord:
         raw_id: int = 0,
         *,
         text: str | None = None,
+        updated_text: str | None = None,
     ) -> None:
         if payload is _UNREAD and text is None:
             raise TypeError("a LandedRecord needs its payload or its text")
+        if updated_at is not None and updated_text is not None:
+            raise TypeError("a LandedRecord's updated_at is given as a datetime or as text, not both")
         self.record_key = record_key
-        self.updated_at = updated_at
+        self._updated_at = updated_at
+        self.updated_text = updated_text
         self.raw_id = raw_id
         self.text = dump_payload(payload) if text is None else text
         self._payload = payload
+
+    @property
+    def updated_at(self) -> datetime | None:
+        if self._updated_at is None and self.updated_text is not None:
+            self._updated_at = parse_sqlite_datetime(self.updated_text)
+        return self._updated_at
 
     @property
     def payload(self) -> Any:
@@ -496,12 +509,18 @@ def _iter_driver(conn: Connection, query: sa.Select[Any], chunk_size: int) -> It
         with closing(cursor):
             cursor.execute(compiled.string, bound)
             while rows := cursor.fetchmany(chunk_size):
-                yield [
-                    LandedRecord(
-                        key, times.process_result_value(updated, dialect), raw_id=raw_id, text=payload
-                    )
-                    for key, updated, payload, raw_id in rows
-                ]
+                if sqlite:  # the time kept as text until asked for (LandedRecord)
+                    yield [
+                        LandedRecord(key, None, raw_id=raw_id, text=payload, updated_text=updated)
+                        for key, updated, payload, raw_id in rows
+                    ]
+                else:
+                    yield [
+                        LandedRecord(
+                            key, times.process_result_value(updated, dialect), raw_id=raw_id, text=payload
+                        )
+                        for key, updated, payload, raw_id in rows
+                    ]
 
 
 def queue_again(

@@ -398,7 +398,8 @@ class FastMapper:
                 if shipping is None:
                     append(None)
                     continue
-            updated = updated_text(record.updated_at)
+            # A record read back from SQLite holds its time as the very text wanted here.
+            updated = getattr(record, "updated_text", None) or updated_text(record.updated_at)
             if updated is None:
                 append(None)
                 continue

@@ -374,6 +374,24 @@ def test_only_versions_not_landed_before_are_sent(store: OrderStore, monkeypatch
     assert store.count("raw_orders") == 12
 
 
+def test_a_version_another_run_landed_after_the_lookup_is_not_landed_again(
+    store: OrderStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lookup found nothing, then another run landed one of the versions: the chunk
+    lands the rest, each once, queued and counted (PostgreSQL: its COPY is refused on the
+    unique key and the chunk goes through ON CONFLICT DO NOTHING instead)."""
+    records = [RawRecord(str(n), BASE_TIME, {"id": n}) for n in range(4)]
+    assert land_raw(store.engine, "shopify", records[2:3]) == 1  # the other run
+    monkeypatch.setattr(landing, "_landed_before", lambda *_: set())  # looked up before it
+    assert land_raw(store.engine, "shopify", records) == 3
+    assert store.count("raw_orders") == 4
+    assert _pending(store) == ["0", "1", "2", "3"]
+    assert _counted(store)["shopify"] == (4, 4)
+    monkeypatch.undo()
+    assert land_raw(store.engine, "shopify", [*records, RawRecord("4", BASE_TIME, {"id": 4})]) == 1
+    assert _counted(store)["shopify"] == (5, 5)
+
+
 def _pending(store: OrderStore, **window) -> list[str]:
     return sorted(r.record_key for chunk in store.iter_raw("shopify", pending=True, **window) for r in chunk)
 

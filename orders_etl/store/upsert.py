@@ -393,13 +393,15 @@ def _sources_present(conn: Connection) -> list[str]:
     ]
 
 
-def _golden_select(sources: list[str], dialect: str) -> str:
+def _golden_select(sources: list[str], written: str, dialect: str) -> str:
     """SELECT of the merged golden row for every staged key (each an insert or an update).
 
-    One primary-key lookup per present source and key (no grouping); the origin is the
-    first source, in precedence order, that holds the key.
+    One primary-key lookup per other present source and key (no grouping); the origin is
+    the first source, in precedence order, that holds the key. The ``written`` source's row
+    is the staged one: every staged row was just written to ``source_orders`` as it is
+    (only newer versions are staged), so it is read from the staging table, not looked up.
     """
-    aliases = {source: f"s{rank}" for rank, source in enumerate(sources)}
+    aliases = {source: "st" if source == written else f"s{rank}" for rank, source in enumerate(sources)}
     origin = " ".join(f"WHEN {a}.external_id IS NOT NULL THEN '{s}'" for s, a in aliases.items())
     expressions = []
     for field in ORDER_FIELDS:
@@ -410,7 +412,7 @@ def _golden_select(sources: list[str], dialect: str) -> str:
             expressions.append(f"CASE {branches} END AS {field}")
         else:
             expressions.append(f"COALESCE({', '.join(f'{a}.{field}' for a in aliases.values())}) AS {field}")
-    joins = " ".join(_source_row(s, a, dialect) for s, a in aliases.items())
+    joins = " ".join(_source_row(s, a, dialect) for s, a in aliases.items() if s != written)
     return (
         f"SELECT st.pos AS pos, st.candidate_id AS candidate_id, st.external_id AS external_id, "
         f"{', '.join(expressions)}, CASE {origin} END AS origin FROM staging_orders AS st {joins}"
@@ -456,7 +458,7 @@ def golden_merge_sql(conn: Connection, source: str, present: list[str]) -> str:
     ``source``, when ``present`` are the sources holding orders."""
     dialect = conn.dialect.name
     single = present == [source]
-    select = _single_source_select(source) if single else _golden_select(present, dialect)
+    select = _single_source_select(source) if single else _golden_select(present, source, dialect)
     distinct = "IS NOT" if dialect == "sqlite" else "IS DISTINCT FROM"
     compared = (*ORDER_FIELDS, "origin")
     changed = " OR ".join(f"orders.{c} {distinct} excluded.{c}" for c in compared)

@@ -367,16 +367,29 @@ def _in_key_order(conn: Connection, prefix: str = "") -> str:
     return f"ORDER BY {prefix}pos " if conn.dialect.name == "sqlite" else ""
 
 
-def _write_source_rows(conn: Connection, source: str, synced_at: datetime) -> None:
+def _write_source_rows(conn: Connection, source: str, synced_at: datetime, *, only_new: bool) -> None:
+    """Write the staged rows; ``only_new``: all of them were classified as new to
+    ``source_orders`` (a first load), then a plain INSERT.
+
+    The classification ran under the writers' lock, which is still held, so a key it found
+    absent cannot have appeared since. PostgreSQL's ``ON CONFLICT`` inserts speculatively,
+    a third dearer per row than a plain insert (500,000 rows: 3.2 s against 2.2 s).
+    """
     columns = ("external_id", *ORDER_FIELDS, "content_hash")
     assignments = ", ".join(f"{c} = excluded.{c}" for c in (*ORDER_FIELDS, "content_hash", "synced_at"))
+    on_conflict = (
+        ""
+        if only_new
+        else (
+            f"ON CONFLICT (source, external_id) DO UPDATE SET {assignments} "
+            f"WHERE {_newer('excluded', 'source_orders')}"
+        )
+    )
     conn.execute(
         sa.text(
             f"INSERT INTO source_orders (source, {', '.join(columns)}, synced_at) "
             f"SELECT :source, {', '.join(columns)}, :synced_at FROM staging_orders "
-            f"WHERE true {_in_key_order(conn)}"
-            f"ON CONFLICT (source, external_id) DO UPDATE SET {assignments} "
-            f"WHERE {_newer('excluded', 'source_orders')}"
+            f"WHERE true {_in_key_order(conn)}{on_conflict}"
         ).bindparams(sa.bindparam("synced_at", type_=UtcDateTime())),
         {"source": source, "synced_at": synced_at},
     )
@@ -530,7 +543,7 @@ def upsert_prepared(
     if len(changed):
         if staged != "staging_orders":
             _stage_rows(conn, table, changed)
-        _write_source_rows(conn, source, synced_at)
+        _write_source_rows(conn, source, synced_at, only_new=not len(updates))
         _merge_golden(conn, source, synced_at)
         if source in ERP_SOURCES:
             _drop_superseded_erp_keys(conn, source)

@@ -429,3 +429,13 @@ def test_ordinary_rows_take_the_fast_path_in_every_dialect() -> None:
             None,
         )
     )
+    # As SQLite hands it back: its stored text is taken as it is when it is the store's own
+    # fixed-width form, and read as a time when another writer left another form.
+    for stored, canonical in [
+        ("2024-03-12 09:15:00.000000", "2024-03-12 09:15:00.000000"),
+        ("2024-03-12 09:15:00.5", "2024-03-12 09:15:00.500000"),
+    ]:
+        record = LandedRecord("SO-1", None, raw_id=1, text=text, updated_text=stored)
+        assert both_paths([record], TEST) == ["fast"]
+        (item,) = _normalize([record], TEST, Resolver(KNOWN), 10, FastMapper(TEST))
+        assert item[13] == canonical

@@ -316,7 +316,8 @@ def _land_postgresql(
 
     Why: the staged path wrote every payload twice on the server (the temporary table,
     then ``raw_orders`` by ``INSERT … SELECT … ON CONFLICT``, whose speculative insertion
-    logs each row twice), and COPY's server work overlaps the client's sending of it.
+    also logs a confirmation of each row), and COPY's server work overlaps the client's
+    sending of it.
     The chunk's versions are new as far as the landing knows (looked up, or following a
     wholly new chunk). When one is not (another run landed it meanwhile, or a chunk of
     a stream that was new so far held a known one), COPY fails on the unique key, the

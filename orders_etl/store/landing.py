@@ -24,7 +24,7 @@ from orders_etl.lists import in_lists
 from orders_etl.model import Reject
 from orders_etl.store.engine import plan_for_key_probes, reading
 from orders_etl.store.schema import landed_inputs, order_rejects, raw_orders, raw_orders_pending, sync_state
-from orders_etl.store.types import UtcDateTime, parse_sqlite_datetime, sqlite_datetime
+from orders_etl.store.types import SQLITE_DATETIME_WIDTH, UtcDateTime, parse_sqlite_datetime, sqlite_datetime
 
 LANDING_CHUNK_SIZE = 5_000
 # Record keys are indexed: a PostgreSQL btree entry much past 2.7 kB is refused.
@@ -56,7 +56,8 @@ class LandedRecord:
     normalizer decodes ``text`` itself and never pays for it. So is ``updated_text``, the
     time as SQLite stores it (read from SQLite): the Shopify mapping reads the time in the
     payload, and the ERP's fast one wants this very text (1M orders: 1 s of parsing less
-    in each normalize's reading process).
+    in each normalize's reading process). Only the store's own fixed-width form is kept as
+    text; another (a row another writer left) is read as a time at once.
     """
 
     __slots__ = ("_payload", "_updated_at", "raw_id", "record_key", "text", "updated_text")
@@ -76,6 +77,8 @@ class LandedRecord:
         if updated_at is not None and updated_text is not None:
             raise TypeError("a LandedRecord's updated_at is given as a datetime or as text, not both")
         self.record_key = record_key
+        if updated_text is not None and len(updated_text) != SQLITE_DATETIME_WIDTH:
+            updated_at, updated_text = parse_sqlite_datetime(updated_text), None
         self._updated_at = updated_at
         self.updated_text = updated_text
         self.raw_id = raw_id
@@ -323,6 +326,9 @@ def _land_postgresql(
     a stream that was new so far held a known one), COPY fails on the unique key, the
     savepoint takes the chunk back, and the staged path lands what is new of it.
     """
+    # Times arrive as UTC text without an offset (landing_row): read in UTC, never in the
+    # session's time zone, by either path.
+    conn.exec_driver_sql("SET LOCAL TimeZone = 'UTC'")
     try:
         with conn.begin_nested():
             return _land_postgresql_copied(conn, source, rows, fetched_at, run_id)
@@ -350,9 +356,6 @@ def _land_postgresql_copied(
         .scalars()
         .all()
     )
-    # updated_at arrives as UTC text without an offset (landing_row): read in UTC here,
-    # never in the session's time zone.
-    conn.exec_driver_sql("SET LOCAL TimeZone = 'UTC'")
     fetched = sqlite_datetime(fetched_at)
     driver = conn.connection.driver_connection
     statement = f"COPY raw_orders ({_RAW_COPY_COLUMNS}) FROM STDIN"
@@ -382,10 +385,8 @@ def _land_postgresql_staged(
 ) -> int:
     """COPY the chunk into a temporary table, then land what is new of it by one
     ``INSERT … ON CONFLICT DO NOTHING``, queued and counted in the same statement."""
-    # updated_at arrives as UTC text without an offset (landing_row): read as a timestamp,
-    # then placed in UTC, never in the session's time zone.
     conn.exec_driver_sql(
-        "CREATE TEMP TABLE IF NOT EXISTS staging_raw (record_key TEXT, updated_at TIMESTAMP, "
+        "CREATE TEMP TABLE IF NOT EXISTS staging_raw (record_key TEXT, updated_at TIMESTAMPTZ, "
         "payload TEXT, payload_hash TEXT) ON COMMIT DELETE ROWS"
     )
     driver = conn.connection.driver_connection
@@ -397,7 +398,7 @@ def _land_postgresql_staged(
     result = conn.execute(
         sa.text(
             f"WITH landed AS (INSERT INTO raw_orders ({_RAW_COLUMNS}) "
-            "SELECT :source, record_key, updated_at AT TIME ZONE 'UTC', payload, payload_hash, "
+            "SELECT :source, record_key, updated_at, payload, payload_hash, "
             ":fetched_at, :run_id FROM staging_raw "
             "ON CONFLICT (source, record_key, payload_hash) DO NOTHING RETURNING raw_id), "
             "queued AS (INSERT INTO raw_orders_pending (source, raw_id) "

@@ -20,6 +20,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
 SQLITE_DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+# The width of what sqlite_datetime writes ("2026-09-03 13:47:20.000000").
+SQLITE_DATETIME_WIDTH = 26
 
 
 # Identifiers (sources, keys, hashes, order numbers and ids): text compared byte by byte on
@@ -45,7 +47,7 @@ def sqlite_datetime(value: datetime | None) -> str | None:
 
 def parse_sqlite_datetime(text: str) -> datetime:
     """The datetime of the text :func:`sqlite_datetime` stores (fromisoformat: C, no strptime)."""
-    if len(text) == 26:
+    if len(text) == SQLITE_DATETIME_WIDTH:
         return datetime.fromisoformat(text).replace(tzinfo=UTC)
     return datetime.strptime(text, SQLITE_DATETIME_FORMAT).replace(tzinfo=UTC)
 

@@ -398,10 +398,8 @@ class FastMapper:
                 if shipping is None:
                     append(None)
                     continue
-            # A record read back from SQLite holds its time as the very text wanted here,
-            # when it is the store's own fixed-width form (another writer may leave another).
-            stored = getattr(record, "updated_text", None)
-            updated = stored if stored is not None and len(stored) == 26 else updated_text(record.updated_at)
+            # A record read back from SQLite holds its time as the very text wanted here.
+            updated = getattr(record, "updated_text", None) or updated_text(record.updated_at)
             if updated is None:
                 append(None)
                 continue

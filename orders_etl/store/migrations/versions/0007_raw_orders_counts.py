@@ -12,7 +12,7 @@ a million orders. An unchanged 1M re-run spent 11.6 s and 14.1 s of its 25 s in 
 count on the 2-core machine, waiting on the disk.
 
 The table holds one row per source. The landing, the one writer of raw_orders, adds what
-it landed in the statement that lands it (``orders_etl.store.landing``); statement
+it landed in the transaction that lands it (``orders_etl.store.landing``); statement
 triggers take off what any delete or truncate of raw_orders removes, a hand-made one
 included. (An insert trigger would have to copy every landed payload into its transition
 table: 11 % more of the server's CPU for a landing, measured.) A concurrent landing waits

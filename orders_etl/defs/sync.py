@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import os
 import queue
+import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -47,6 +48,35 @@ TRANSIENT_RETRY = dg.RetryPolicy(
 # at 10,000 about 80 MB, no slower (1M orders, SQLite).
 NORMALIZE_BATCH = 10_000
 PREVIEW_ROWS = 10
+# Progress is logged per chunk, but at most once in this many seconds: every Dagster log
+# line is an event stored in the run's event log (about 3 ms each in a 1M-order run, on the
+# writing thread), and a line per 5,000-payload chunk cost a 1M landing about 0.6 s.
+PROGRESS_INTERVAL_S = 2.0
+
+
+class ProgressLog:
+    """Per-chunk progress lines through ``log``, at most one every ``interval`` seconds; the
+    last line held back is logged by :meth:`flush`."""
+
+    def __init__(self, log: Callable[[str], None], interval: float = PROGRESS_INTERVAL_S) -> None:
+        self._log = log
+        self._interval = interval
+        self._due = 0.0
+        self._held: str | None = None
+
+    def __call__(self, message: str) -> None:
+        now = time.monotonic()
+        if now < self._due:
+            self._held = message
+            return
+        self._log(message)
+        self._due = now + self._interval
+        self._held = None
+
+    def flush(self) -> None:
+        if self._held is not None:
+            self._log(self._held)
+            self._held = None
 
 
 @contextmanager
@@ -225,10 +255,12 @@ def land(
         def rows(log: Log) -> Iterator[LandingRow]:
             return map(landing_row, reader.fetch(window.start, window.end, log))
 
+        progress = ProgressLog(context.log.debug)
+
         def landed(new: int) -> None:
             outcome.landed += new
             log_messages()
-            context.log.debug(f"{source}: {outcome.fetched} records read, {outcome.landed} landed")
+            progress(f"{source}: {outcome.fetched} records read, {outcome.landed} landed")
 
         # A file is read and decoded in a process of its own (all Python work: on a thread
         # it would hold the GIL from the writer); an API reader mostly waits on the network,
@@ -412,7 +444,11 @@ def _normalize_pass(
 
     # Every raw_id read from the queue (8 bytes each): off the queue at the end.
     taken = array("q")
-    pending: list[str] = []  # one line per batch, logged once its upsert committed
+    # Per batch (records, orders, rejected, skipped): counted once its upsert committed.
+    pending: list[tuple[int, int, int, int]] = []
+    done = [0, 0, 0, 0]
+    upserted = UpsertCounts()
+    progress = ProgressLog(context.log.info)
 
     def frames() -> Iterator[pa.Table]:
         # The normalizing process runs ahead of the upsert (mostly database and Arrow work,
@@ -426,16 +462,22 @@ def _normalize_pass(
             outcome.skipped += frame.skipped
             outcome.preview.extend(frame.preview[: PREVIEW_ROWS - len(outcome.preview)])
             if frame.table is not None:
-                pending.append(
-                    f"{source}: normalized {frame.records} records: {frame.table.num_rows} orders, "
-                    f"{len(frame.rejects)} rejected, {frame.skipped} skipped"
-                )
+                pending.append((frame.records, frame.table.num_rows, len(frame.rejects), frame.skipped))
                 yield frame.table
 
     def committed(_index: int, counts: UpsertCounts) -> None:
-        context.log.info(f"{pending.pop(0)}; upserted: {_describe_counts(counts)}")
+        nonlocal upserted
+        for i, count in enumerate(pending.pop(0)):
+            done[i] += count
+        upserted += counts
+        records, orders, rejected, skipped = done
+        progress(
+            f"{source}: normalized {records} records: {orders} orders, {rejected} rejected, "
+            f"{skipped} skipped; upserted: {_describe_counts(upserted)}"
+        )
 
     outcome.counts = store.upsert_frames(source, frames(), on_chunk=committed)
+    progress.flush()
     # Every order read is committed (or quarantined): off the queue. A version landed
     # meanwhile by another run has an id of its own and stays queued.
     store.forget_pending(source, taken)

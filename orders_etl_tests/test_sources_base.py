@@ -9,7 +9,7 @@ import signal
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import pytest
 
@@ -72,6 +72,26 @@ def test_off_linux_the_items_come_from_a_thread_of_this_process(monkeypatch: pyt
     assert [[n for _pid, n in chunk] for chunk in chunks] == [[0, 1], [2, 3], [4]]
     assert {pid for chunk in chunks for pid, _n in chunk} == {os.getpid()}
     assert lines == ["read 1", "read 3", "read 5"]
+
+
+def _returning(_log: Log) -> Generator[int, None, str]:
+    yield from range(3)
+    return f"read by {os.getpid()}"
+
+
+@pytest.mark.parametrize("fork", [True, False] if base._FORK_SAFE else [False])
+def test_what_the_producer_returns_is_returned_after_its_items(
+    fork: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(base, "_FORK_SAFE", fork)
+    returned: list[str] = []
+
+    def items() -> Iterator[list[int]]:
+        returned.append((yield from read_ahead_in_child(_returning, 2, no_log)))
+
+    assert list(items()) == [[0, 1], [2]]
+    (value,) = returned
+    assert (value == f"read by {os.getpid()}") is not fork  # the child's, when forked
 
 
 def _fails_after_three(_log: Log) -> Iterator[int]:

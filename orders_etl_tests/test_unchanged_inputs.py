@@ -9,10 +9,12 @@ the step's logic, on SQLite.)
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import shutil
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -25,6 +27,7 @@ from orders_etl.defs.shopify.resources import ShopifyBulkFileResource
 from orders_etl.defs.store.resources import StoreResource
 from orders_etl.sources.base import Log, no_log
 from orders_etl.sources.erp_files import ErpFileReader, load_dialect
+from orders_etl.sources.fingerprint import DigestingFile
 from orders_etl.sources.shopify import ShopifyBulkFileReader
 from orders_etl.store import OrderStore, RawRecord
 from orders_etl_tests.test_cli import snapshot
@@ -190,12 +193,86 @@ def test_a_file_changed_while_it_was_read_is_read_again(files, sqlite_url):
     with dg.instance_for_test() as instance:
         edited = sync(files, sqlite_url, instance, *WHOLE_RANGE, shopify=EditedWhileReadResource)
         assert edited.success and raw_metadata(edited, "shopify/raw_orders")["landed"] > 0
-        assert count(sqlite_url, "landed_inputs") == 1  # the ERP export's only
+        # Recorded as it was read (the bytes read, the time it had when opened), which is
+        # not what the file is now.
+        (recorded,) = landed_fingerprints(sqlite_url, "shopify")
+        assert recorded != ShopifyBulkFileReader(files / "shopify_orders.jsonl").fingerprint()
         again = sync(files, sqlite_url, instance, *WHOLE_RANGE)
         assert again.success
         found = raw_metadata(again, "shopify/raw_orders")
         assert "unchanged_since_run" not in found and found["fetched"] > 0 and found["landed"] == 0
         assert "unchanged_since_run" in raw_metadata(again, "erp/raw_orders")
+
+
+def landed_fingerprints(url: str, source: str) -> list[str]:
+    store = OrderStore.from_url(url)
+    try:
+        found = store.read_table("landed_inputs")
+        return found[found["source"] == source]["fingerprint"].tolist()
+    finally:
+        store.dispose()
+
+
+def test_a_fetch_fingerprints_the_bytes_it_read_as_the_file_would_be(files, tmp_path):
+    dialect = load_dialect(files / "erp_orders.dialect.toml")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    shutil.copy2(files / "erp_orders.csv", folder / "a.csv")
+    shutil.copy2(files / "erp_orders.csv", folder / "b.csv")
+    (folder / "c.csv").write_bytes(b"")  # no header: nothing to read
+    window = (datetime(2026, 8, 31, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC))
+    for reader in (
+        ShopifyBulkFileReader(files / "shopify_orders.jsonl"),
+        ErpFileReader(files / "erp_orders.csv", dialect),
+        ErpFileReader(folder, dialect),
+    ):
+        assert reader.read_fingerprint is None
+        records = list(reader.fetch(*window))
+        assert records and reader.read_fingerprint == reader.fingerprint(), reader
+    # A fetch not read to its end has read no whole input.
+    reader = ShopifyBulkFileReader(files / "shopify_orders.jsonl")
+    next(reader.fetch(*window))
+    assert reader.read_fingerprint is None
+
+
+class CountingHashes(ShopifyBulkFileReader):
+    hashed = 0
+
+    def fingerprint(self) -> str:
+        CountingHashes.hashed += 1
+        return super().fingerprint()
+
+
+class CountingHashesResource(ShopifyBulkFileResource):
+    def reader(self) -> ShopifyBulkFileReader:
+        return CountingHashes(self.path)
+
+
+def test_a_file_is_hashed_before_it_is_read_only_when_a_landed_input_could_be_it(files, sqlite_url):
+    with dg.instance_for_test() as instance:
+        CountingHashes.hashed = 0
+        assert sync(
+            files, sqlite_url, instance, "2026-10-01", "2026-10-31", shopify=CountingHashesResource
+        ).success
+        assert CountingHashes.hashed == 0  # nothing landed yet: read (and hashed while read)
+        wider = sync(files, sqlite_url, instance, *WHOLE_RANGE, shopify=CountingHashesResource)
+        assert wider.success and "unchanged_since_run" not in raw_metadata(wider, "shopify/raw_orders")
+        assert CountingHashes.hashed == 0  # the one landed is over a narrower window
+        again = sync(files, sqlite_url, instance, *WHOLE_RANGE, shopify=CountingHashesResource)
+        assert again.success and "unchanged_since_run" in raw_metadata(again, "shopify/raw_orders")
+        assert CountingHashes.hashed == 1
+
+
+def test_a_digesting_file_hashes_the_whole_file_however_much_was_read(tmp_path):
+    path = tmp_path / "f.bin"
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    path.write_bytes(data)
+    for read in (0, 10, len(data), len(data) + 1):
+        with DigestingFile(path) as file:
+            buffered = io.BufferedReader(file, 4096)  # (closes the file when collected)
+            assert buffered.read(read) == data[:read]
+            assert file.digest() == hashlib.sha256(data).digest()
+            assert file.stat.st_mtime_ns == path.stat().st_mtime_ns
 
 
 def test_fingerprints_change_with_any_input_and_only_then(files, tmp_path):

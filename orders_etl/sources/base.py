@@ -21,10 +21,10 @@ import queue
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from orders_etl.canonical import OrderRow
 from orders_etl.lists import in_lists
@@ -105,14 +105,25 @@ def batches(items: Iterable[Normalized], size: int = 50_000) -> Iterator[Normali
 _DONE = object()
 
 
-def read_ahead(items: Iterable[T], size: int, depth: int = 2) -> Iterator[list[T]]:
+@dataclass
+class _Returned:
+    value: Any = None
+
+
+def _keeping_return(items: Iterable[T], returned: _Returned) -> Iterator[T]:
+    returned.value = yield from items
+
+
+def read_ahead(items: Iterable[T], size: int, depth: int = 2) -> Generator[list[T], None, Any]:
     """``items`` in lists of ``size``, produced by a thread of their own up to ``depth`` lists ahead.
 
     Reading and decoding a source is Python work; writing to the store is mostly database
     work that releases the GIL. Running the two in different threads keeps both cores busy.
     Order is kept; an error of ``items`` is raised here, after the lists before it. When the
     consumer stops early (an error, a closed generator), the thread stops at its next list.
+    What a generator ``items`` returns, this one returns.
     """
+    returned = _Returned()
     handoff: queue.Queue[object] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -127,7 +138,7 @@ def read_ahead(items: Iterable[T], size: int, depth: int = 2) -> Iterator[list[T
 
     def produce() -> None:
         try:
-            for chunk in in_lists(items, size):
+            for chunk in in_lists(_keeping_return(items, returned), size):
                 if not put(chunk):
                     return
             put(_DONE)
@@ -140,7 +151,7 @@ def read_ahead(items: Iterable[T], size: int, depth: int = 2) -> Iterator[list[T
         while True:
             item = handoff.get()
             if item is _DONE:
-                return
+                return returned.value
             if isinstance(item, BaseException):
                 raise item
             yield item  # type: ignore[misc]
@@ -149,7 +160,9 @@ def read_ahead(items: Iterable[T], size: int, depth: int = 2) -> Iterator[list[T
         thread.join()
 
 
-def read_ahead_in_child(produce: Callable[[Log], Iterable[T]], size: int, log: Log) -> Iterator[list[T]]:
+def read_ahead_in_child(
+    produce: Callable[[Log], Iterable[T]], size: int, log: Log
+) -> Generator[list[T], None, Any]:
     """``produce(log)``'s items in lists of ``size``, produced by a child process, forked.
 
     Why a process where :func:`read_ahead` has a thread: reading and decoding a file is
@@ -162,11 +175,11 @@ def read_ahead_in_child(produce: Callable[[Log], Iterable[T]], size: int, log: L
     ``produce`` runs in the child (forked: it and what it holds need not be picklable) and
     calls ``log`` there; each line comes back here and is passed to ``log`` in order with
     the items. An error of ``produce`` is raised here, after the lists before it. When the
-    consumer stops early, the child is stopped. Off Linux, this is :func:`read_ahead`.
+    consumer stops early, the child is stopped. What a generator ``produce(log)`` returns
+    (picklable), this one returns. Off Linux, this is :func:`read_ahead`.
     """
     if not _FORK_SAFE:
-        yield from read_ahead(produce(log), size)
-        return
+        return (yield from read_ahead(produce(log), size))
     context = multiprocessing.get_context("fork")
     receiver, sender = context.Pipe(duplex=False)
     child = context.Process(
@@ -190,7 +203,7 @@ def read_ahead_in_child(produce: Callable[[Log], Iterable[T]], size: int, log: L
             elif kind == _ERROR:
                 raise value
             else:
-                return
+                return value
     finally:
         receiver.close()
         if child.is_alive():
@@ -214,10 +227,11 @@ def _produce_in_child(produce: Callable[[Log], Iterable[T]], size: int, sender: 
     def log(message: str) -> None:
         sender.send((_LOG, message))
 
+    returned = _Returned()
     try:
-        for chunk in in_lists(produce(log), size):
+        for chunk in in_lists(_keeping_return(produce(log), returned), size):
             sender.send((_ITEMS, chunk))
-        sender.send((_END, None))
+        sender.send((_END, returned.value))
     except BaseException as exc:  # handed over to the consumer, raised there
         sender.send((_ERROR, _picklable(exc)))
 

@@ -156,6 +156,10 @@ class OrderStore:
     ) -> LandedInput | None:
         return landing.landed_whole(self.engine, Source(source).value, fingerprint, start, end)
 
+    def landed_any(self, source: str | Source, start: datetime | None, end: datetime | None) -> bool:
+        """Whether a run landed any input of ``source`` whole over a window holding this one."""
+        return landing.landed_whole(self.engine, Source(source).value, None, start, end) is not None
+
     def remember_landed(
         self,
         source: str | Source,

@@ -437,13 +437,16 @@ class LandedInput:
 
 
 def landed_whole(
-    engine: Engine, source: str, fingerprint: str, start: datetime | None, end: datetime | None
+    engine: Engine, source: str, fingerprint: str | None, start: datetime | None, end: datetime | None
 ) -> LandedInput | None:
-    """The last landing of the input ``fingerprint`` over a window that holds ``[start, end)``
-    (None: unbounded), if there was one: every record of the input in the window is landed."""
+    """The last landing of the input ``fingerprint`` (None: of any input) over a window that
+    holds ``[start, end)`` (None: unbounded), if there was one: every record of the input
+    in the window is landed."""
     query = sa.select(landed_inputs.c.records, landed_inputs.c.landed_at, landed_inputs.c.run_id).where(
-        landed_inputs.c.source == source, landed_inputs.c.fingerprint == fingerprint
+        landed_inputs.c.source == source
     )
+    if fingerprint is not None:
+        query = query.where(landed_inputs.c.fingerprint == fingerprint)
     start_held = landed_inputs.c.window_start.is_(None)
     if start is not None:
         start_held = sa.or_(start_held, landed_inputs.c.window_start <= start)

@@ -37,13 +37,15 @@ from orders_etl.sources.erp_files.dialect import (
 )
 from orders_etl.sources.erp_files.fast import payload_text
 from orders_etl.sources.erp_files.records import Record, RecordReader, plain_record
-from orders_etl.sources.fingerprint import input_fingerprint
+from orders_etl.sources.fingerprint import DigestingFile, fingerprint_of_read, input_fingerprint
 from orders_etl.store import RawRecord
 
 SOURCE = Source.ERP_FILES.value
 # Files of a folder that are read: exports are .csv, or .txt/.tsv (SAP B1 DTW, tab-separated).
 EXPORT_SUFFIXES = frozenset({".csv", ".txt", ".tsv"})
 PROGRESS_EVERY = 100_000
+# An export is read through a hashing file (DigestingFile), a Python call per buffer filled.
+_READ_BUFFER_BYTES = 1 << 20
 _UTF8_BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
@@ -80,6 +82,8 @@ class ErpFileReader:
         self.path = Path(path)
         self.dialect = dialect if isinstance(dialect, Dialect) else load_dialect(dialect)
         self.dates = DateParser(self.dialect.date_formats, self.dialect.zone)
+        # The fingerprint of the bytes the last fetch read, once it read them all.
+        self.read_fingerprint: str | None = None
 
     def files(self) -> list[Path]:
         if self.path.is_file():
@@ -96,7 +100,10 @@ class ErpFileReader:
         """What :meth:`fetch` would read, as one digest: the files (names, times, bytes) and
         the dialect (see ``orders_etl.sources.fingerprint``)."""
         files = [(_file_name(self.path, path), path) for path in self.files()]
-        return input_fingerprint(type(self).__name__, files, self.dialect.model_dump_json().encode())
+        return input_fingerprint(type(self).__name__, files, self._settings())
+
+    def _settings(self) -> bytes:
+        return self.dialect.model_dump_json().encode()
 
     def fetch(
         self, start: datetime | None = None, end: datetime | None = None, log: Log = no_log
@@ -105,11 +112,16 @@ class ErpFileReader:
         for bound in (start, end):
             if bound is not None and bound.utcoffset() is None:
                 raise ValueError(f"window bound {bound!r} must be timezone-aware")
+        self.read_fingerprint = None
         files = self.files()
         if not files:
             log(f"erp_files: no export files ({', '.join(sorted(EXPORT_SUFFIXES))}) in {self.path}")
+        read = []
         for path in files:
-            yield from _FileRead(self, path, start, end, log).records()
+            file = _FileRead(self, path, start, end, log)
+            yield from file.records()
+            read.append((file.name, file.mtime_ns, file.digest))
+        self.read_fingerprint = fingerprint_of_read(type(self).__name__, read, self._settings())
 
 
 class _FileRead:
@@ -123,7 +135,10 @@ class _FileRead:
         self.path = path
         self.name = _file_name(reader.path, path)
         self.start, self.end, self.log = start, end, log
-        self.mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        # Set when the file is opened: rows without a modification column are dated by it.
+        self.mtime = datetime.fromtimestamp(0, UTC)
+        self.mtime_ns = 0
+        self.digest = b""  # the file's bytes' hash, once read
         self.rows = self.yielded = self.errors = self.outside = self.blank = 0
 
     # -- opening -----------------------------------------------------------------------
@@ -149,8 +164,13 @@ class _FileRead:
 
     def records(self) -> Iterator[RawRecord]:
         encoding = self._encoding()
-        with self.path.open("r", encoding=encoding, errors="surrogateescape", newline="") as stream:
+        with DigestingFile(self.path) as file:
+            self.mtime_ns = file.stat.st_mtime_ns
+            self.mtime = datetime.fromtimestamp(file.stat.st_mtime, UTC)
+            buffered = io.BufferedReader(file, _READ_BUFFER_BYTES)
+            stream = io.TextIOWrapper(buffered, encoding, errors="surrogateescape", newline="")
             yield from self._records(stream, encoding)
+            self.digest = file.digest()  # (the rest of a file skipped or ended early is read)
 
     def _records(self, stream: io.TextIOWrapper, encoding: str) -> Iterator[RawRecord]:
         d = self.dialect

@@ -26,10 +26,11 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgspec
 
@@ -170,10 +171,14 @@ def _marked_lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 yield number, raw
 
 
-def iter_bulk_file(path: Path | str, stats: BulkFileStats | None = None) -> Iterator[BulkLine]:
+def iter_bulk_file(
+    path: Path | str, stats: BulkFileStats | None = None, stream: BinaryIO | None = None
+) -> Iterator[BulkLine]:
     """Parents of a bulk-result JSONL file, children joined in, in file order; then orphans.
 
     ``stats`` (if given) is filled as the file is read; it is complete once exhausted.
+    ``stream`` (if given) is the file opened by the caller (e.g. through a
+    ``fingerprint.DigestingFile``), left open: the pass that yields reads it to its end.
     """
     path = Path(path)
     stats = stats if stats is not None else BulkFileStats()
@@ -194,7 +199,7 @@ def iter_bulk_file(path: Path | str, stats: BulkFileStats | None = None) -> Iter
         if child_id in children:
             _attach(child, children.pop(child_id))
 
-    with path.open("rb") as handle:
+    with nullcontext(stream) if stream is not None else path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             if number not in marked and (ordinary := _ordinary(raw)) is not None:
                 text, head = ordinary

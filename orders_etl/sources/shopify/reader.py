@@ -11,6 +11,7 @@ are committed. A reader that cannot deliver the whole window raises ``SourceErro
 from __future__ import annotations
 
 import hashlib
+import io
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from orders_etl.sources.base import CredentialRejected, Log, SourceError, no_log
-from orders_etl.sources.fingerprint import input_fingerprint
+from orders_etl.sources.fingerprint import DigestingFile, fingerprint_of_read, input_fingerprint
 from orders_etl.sources.shopify.auth import ClientCredentialsToken, StaticAccessToken, TokenProvider
 from orders_etl.sources.shopify.bulk import (
     BulkFileStats,
@@ -132,6 +133,10 @@ def _in_window(record: RawRecord, start: datetime | None, end: datetime | None) 
 # ---------------------------------------------------------------------------------------
 
 
+# The bulk file is read through a hashing file (DigestingFile), a Python call per buffer filled.
+_READ_BUFFER_BYTES = 1 << 20
+
+
 class ShopifyBulkFileReader:
     """Reads a bulk-operation JSONL result from disk (``SHOPIFY_BULK_FILE``)."""
 
@@ -140,6 +145,8 @@ class ShopifyBulkFileReader:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.last_fetch: FetchSummary | None = None
+        # The fingerprint of the bytes the last fetch read, once it read them all.
+        self.read_fingerprint: str | None = None
 
     def __repr__(self) -> str:
         return f"ShopifyBulkFileReader({str(self.path)!r})"
@@ -157,12 +164,17 @@ class ShopifyBulkFileReader:
         self._check_exists()
         summary = FetchSummary("file", start, end)
         self.last_fetch = summary
+        self.read_fingerprint = None
         log(f"shopify: reading bulk file {self.path}")
-        for record in map(_bulk_record, iter_bulk_file(self.path)):
-            if _in_window(record, start, end):
-                summary.saw(record)
-                yield record
-        summary.complete = True
+        with DigestingFile(self.path) as file:
+            stream = io.BufferedReader(file, _READ_BUFFER_BYTES)
+            for record in map(_bulk_record, iter_bulk_file(self.path, stream=stream)):
+                if _in_window(record, start, end):
+                    summary.saw(record)
+                    yield record
+            summary.complete = True
+            read = [(self.path.name, file.stat.st_mtime_ns, file.digest())]
+            self.read_fingerprint = fingerprint_of_read(type(self).__name__, read)
         log(f"shopify: {summary.records} records from {self.path.name} in the window")
 
     def deleted(

@@ -70,7 +70,9 @@ def test_a_first_load_looks_up_only_its_first_chunk(
     first = land(path, store_url)
     assert (first["fetched"], first["landed"]) == (ORDERS, ORDERS)
     # A step that landed each chunk by a call of its own looked every chunk up: three.
-    assert looked_up == [LANDING_CHUNK_SIZE]
+    # PostgreSQL sends the second chunk while the first is in flight, its outcome unknown.
+    in_flight_first = 2 if store_url.startswith("postgresql") else 1
+    assert looked_up == [LANDING_CHUNK_SIZE] * in_flight_first
 
     # The export again with one order changed: each chunk holds versions landed before, so
     # each is looked up and only the changed version is sent.

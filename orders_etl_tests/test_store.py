@@ -666,6 +666,43 @@ def test_golden_merge_probes_each_source_by_key_however_stale_the_statistics(pg_
         store.dispose()
 
 
+def test_a_first_load_inserts_golden_rows_without_on_conflict(store: OrderStore) -> None:
+    # The only source holding orders, every key new to it: no golden row can hold them yet,
+    # and PostgreSQL's ON CONFLICT would insert each one speculatively, a quarter dearer.
+    statements: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+
+    sa.event.listen(store.engine, "before_cursor_execute", record)
+    store.upsert("shopify", [order(1), order(2)])
+    first = [s for s in statements if s.startswith("INSERT INTO orders")]
+    statements.clear()
+    store.upsert("shopify", [order(1, updated_at=LATER, status="shipped"), order(3)])
+    then = [s for s in statements if s.startswith("INSERT INTO orders")]
+    assert len(first) == 1 and "ON CONFLICT" not in first[0]
+    assert len(then) == 1 and "ON CONFLICT" in then[0]  # an update: merged as always
+    assert _rows(store, orders, "external_id", "status") == [
+        ("1", "shipped"),
+        ("2", "processing"),
+        ("3", "processing"),
+    ]
+
+
+def test_a_golden_row_that_outlived_its_source_rows_is_merged_on_a_first_load(store: OrderStore) -> None:
+    store.upsert("shopify", [order(1)])
+    [(kept_id,)] = _rows(store, orders, "id")
+    with store.engine.begin() as conn:  # a store edited by hand: the golden row stays alone
+        conn.execute(source_orders.delete())
+    counts = store.upsert("shopify", [order(1, total_amount="7.00"), order(2)])
+    assert counts.inserted == 2
+    assert _rows(store, orders, "external_id", "total_amount") == [
+        ("1", Decimal("7.00")),
+        ("2", Decimal("100.00")),
+    ]
+    assert (kept_id, "1") in _rows(store, orders, "id", "external_id")  # its id stays
+
+
 @pytest.mark.postgres
 def test_an_erp_chunk_that_changes_no_golden_row_writes_none(pg_url: str) -> None:
     # PostgreSQL locks each row that ON CONFLICT finds before it reads DO UPDATE's WHERE,

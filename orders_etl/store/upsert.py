@@ -24,6 +24,8 @@ golden row) or not at all, and a failed batch can simply be re-run. Within a chu
    identifiers (``number``, ``customer_id``) are never taken from another source. ``id`` is
    minted on first insert only (``ON CONFLICT`` never touches it), so it is stable across
    re-runs and concurrent writers; a golden row is rewritten only when a value changed.
+   A first load's keys, new to the only source holding orders, are inserted without
+   ``ON CONFLICT``.
 
 Concurrency: SQLite transactions start with ``BEGIN IMMEDIATE`` (see ``engine.py``), and on
 PostgreSQL each chunk takes a transaction-scoped advisory lock before classifying, so
@@ -456,27 +458,55 @@ def _single_source_select(source: str) -> str:
     )
 
 
-def _merge_golden(conn: Connection, source: str, synced_at: datetime) -> int:
-    result = conn.execute(
-        sa.text(golden_merge_sql(conn, source, _sources_present(conn))).bindparams(
-            sa.bindparam("synced_at", type_=UtcDateTime())
-        ),
-        {"synced_at": synced_at},
-    )
-    return result.rowcount
+def _merge_golden(conn: Connection, source: str, synced_at: datetime, *, only_new: bool) -> int:
+    """Merge the golden rows of the staged keys; ``only_new``: they are all new to ``source``.
+
+    Then, if ``source`` is the only source holding orders (a first load), no golden row holds
+    these keys either: a golden row lives only while a source row does. They are inserted
+    without ``ON CONFLICT``, whose speculative insertion costs PostgreSQL about a quarter more
+    (the Shopify merges of a 1M cold load: 5.3 s against 7.4 s). Should a golden row have
+    outlived its source rows all the same (a store edited by hand), the savepoint takes the
+    insert back and the keys are merged as always.
+    """
+    present = _sources_present(conn)
+    synced = {"synced_at": synced_at}
+    if only_new and present == [source]:
+        try:
+            with conn.begin_nested():
+                return conn.execute(
+                    _with_synced_at(golden_insert_sql(conn, source, present)), synced
+                ).rowcount
+        except sa.exc.IntegrityError:
+            pass
+    return conn.execute(_with_synced_at(golden_merge_sql(conn, source, present)), synced).rowcount
+
+
+def _with_synced_at(sql: str) -> sa.TextClause:
+    return sa.text(sql).bindparams(sa.bindparam("synced_at", type_=UtcDateTime()))
+
+
+_COMPARED = (*ORDER_FIELDS, "origin")
 
 
 def golden_merge_sql(conn: Connection, source: str, present: list[str]) -> str:
     """SQL (parameter ``synced_at``): merge the golden rows of the staged keys, written by
     ``source``, when ``present`` are the sources holding orders."""
+    distinct = "IS NOT" if conn.dialect.name == "sqlite" else "IS DISTINCT FROM"
+    changed = " OR ".join(f"orders.{c} {distinct} excluded.{c}" for c in _COMPARED)
+    assignments = ", ".join(f"{c} = excluded.{c}" for c in (*_COMPARED, "synced_at"))
+    return (
+        f"{golden_insert_sql(conn, source, present)}"
+        f"ON CONFLICT (external_id) DO UPDATE SET {assignments} WHERE {changed}"
+    )
+
+
+def golden_insert_sql(conn: Connection, source: str, present: list[str]) -> str:
+    """SQL (parameter ``synced_at``): insert the golden rows of the staged keys, the part of
+    :func:`golden_merge_sql` before its ``ON CONFLICT``."""
     dialect = conn.dialect.name
     single = present == [source]
     select = _single_source_select(source) if single else _golden_select(present, source, dialect)
-    distinct = "IS NOT" if dialect == "sqlite" else "IS DISTINCT FROM"
-    compared = (*ORDER_FIELDS, "origin")
-    changed = " OR ".join(f"orders.{c} {distinct} excluded.{c}" for c in compared)
-    assignments = ", ".join(f"{c} = excluded.{c}" for c in (*compared, "synced_at"))
-    names = ", ".join(compared)
+    names = ", ".join(_COMPARED)
     unchanged_left_out = "WHERE true "
     if dialect == "postgresql" and not single:
         # PostgreSQL locks every conflicting row before it reads DO UPDATE's WHERE: a row
@@ -486,16 +516,15 @@ def golden_merge_sql(conn: Connection, source: str, present: list[str]) -> str:
         # without the locks). Golden rows that would not change are left out here instead,
         # one probe of the key each (writers hold _lock_writers' lock, so what the probe
         # reads stays true until the insert).
-        current = " OR ".join(f"o.{c} IS DISTINCT FROM g.{c}" for c in compared)
+        current = " OR ".join(f"o.{c} IS DISTINCT FROM g.{c}" for c in _COMPARED)
         unchanged_left_out = (
             "LEFT JOIN LATERAL (SELECT * FROM orders WHERE external_id = g.external_id OFFSET 0) AS o "
             f"ON true WHERE (o.external_id IS NULL OR {current}) "
         )
     return (
         f"INSERT INTO orders (id, external_id, {names}, synced_at) "
-        f"SELECT g.candidate_id, g.external_id, {', '.join('g.' + c for c in compared)}, :synced_at "
+        f"SELECT g.candidate_id, g.external_id, {', '.join('g.' + c for c in _COMPARED)}, :synced_at "
         f"FROM ({select}) AS g {unchanged_left_out}{_in_key_order(conn, 'g.')}"
-        f"ON CONFLICT (external_id) DO UPDATE SET {assignments} WHERE {changed}"
     )
 
 
@@ -545,7 +574,7 @@ def upsert_prepared(
         if staged != "staging_orders":
             _stage_rows(conn, table, changed)
         _write_source_rows(conn, source, synced_at, only_new=not len(updates))
-        _merge_golden(conn, source, synced_at)
+        _merge_golden(conn, source, synced_at, only_new=not len(updates))
         if source in ERP_SOURCES:
             _drop_superseded_erp_keys(conn, source)
     return counts

@@ -432,7 +432,14 @@ def _normalize_pass(
         taken = array("q")
 
         def landed() -> Iterator[LandedRecord]:
-            for chunk in store.iter_raw(source, window.start, window.end, pending=True):
+            chunks = store.iter_raw(source, window.start, window.end, pending=True)
+            if store.engine.dialect.name == "postgresql":
+                # Each fetch waits on the server: the next chunk is fetched on a thread
+                # while this one is normalized (1M: each normalize step 2-3 s faster).
+                # SQLite reads in this process, where the thread only contends for the
+                # GIL (the ERP's normalize step: 21.8 and 19.2 s against 16.9 and 18.8 s).
+                chunks = (chunk for [chunk] in read_ahead(chunks, 1, depth=1))
+            for chunk in chunks:
                 taken.extend(record.raw_id for record in chunk)
                 yield from chunk
 

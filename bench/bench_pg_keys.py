@@ -21,7 +21,6 @@ ICU_LOCALE 'en-US' TEMPLATE template0``) with ``--pg-url``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib
 import json
 import random
@@ -53,8 +52,7 @@ def landing_rows(source: str, size: int, rng: random.Random) -> list[LandingRow]
     for i in ids:
         key = f"SO-{100_000 + i}" if source == "erp" else f"gid://shopify/Order/{5_600_000_000_000 + i}"
         text = json.dumps({"id": key, "note": "x" * PAYLOAD_PADDING})
-        digest = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-        rows.append((key, sqlite_datetime(start + timedelta(seconds=i)), text, digest))
+        rows.append((key, sqlite_datetime(start + timedelta(seconds=i)), text))
     return rows
 
 

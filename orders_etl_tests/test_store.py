@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import importlib
 import random
 import sqlite3
@@ -277,6 +278,18 @@ def test_a_version_sent_twice_in_one_landing_is_landed_once(store: OrderStore) -
     assert _pending(store) == ["1", "1", "2"]
 
 
+def test_a_payload_hash_is_the_blake2b_of_its_text_as_earlier_releases_stored_it(store: OrderStore) -> None:
+    """A store keeps the hashes earlier releases landed: a payload hashed any other way
+    would be a new version of every order, landed and normalized again."""
+    texts = ['{"id":1,"note":"Zoë"}', '{"id": 2, "note": "Zo\\u00eb"}']  # each as it came
+    land_raw(store.engine, "shopify", [RawRecord(str(n), BASE_TIME, None, t) for n, t in enumerate(texts)])
+    expected = [
+        (str(n), hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest())
+        for n, text in enumerate(texts)
+    ]
+    assert _rows(store, raw_orders, "record_key", "payload_hash") == expected
+
+
 def test_chunks_holding_the_same_versions_crosswise_land_each_once(store: OrderStore) -> None:
     """On PostgreSQL two chunks are in flight at once: the later one leaves the versions of
     the one in flight to it (else, holding them in the other order, the two could deadlock
@@ -392,7 +405,7 @@ def test_only_versions_not_landed_before_are_sent(store: OrderStore, monkeypatch
 
     def counting(land: Any) -> Any:
         def wrapper(conn: Any, source: str, rows: list[tuple[Any, ...]], *args: Any) -> int:
-            sent.append(sorted(row[0] for row in rows))
+            sent.append(sorted(key for (key, _digest), _row in rows))
             return land(conn, source, rows, *args)
 
         return wrapper

@@ -308,7 +308,7 @@ def raw_result(
 ) -> dg.MaterializeResult:
     rows = [
         {"record_key": key, "updated_at": parse_sqlite_datetime(updated_at).isoformat() if updated_at else ""}
-        for key, updated_at, _text, _hash in outcome.preview
+        for key, updated_at, _text in outcome.preview
     ]
     metadata: dict[str, Any] = {
         "dagster/row_count": store.count_landed(source),

@@ -264,7 +264,7 @@ Version = tuple[tuple[str, str], LandingRow]
 _TEXT = operator.itemgetter(2)
 _BLAKE2B_128 = functools.partial(hashlib.blake2b, digest_size=16)
 _HEXDIGEST = type(hashlib.blake2b()).hexdigest
-# A lone surrogate (a JSON escape, kept as it came) has no plain UTF-8 form.
+# The text's UTF-8 as earlier releases hashed it (a lone surrogate never gets here: dump_payload).
 _UTF8 = operator.methodcaller("encode", "utf-8", "surrogatepass")
 
 

@@ -25,8 +25,6 @@ and the same as every version of this store has stored. It is computed column-wi
 
 from __future__ import annotations
 
-import functools
-import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -38,6 +36,7 @@ import pyarrow.compute as pc
 from orders_etl.currencies import CURRENCY_EXPONENTS
 from orders_etl.model import MAX_KEY_LENGTH, InvalidOrder, OrderRecord, OrderStatus, PaymentStatus
 from orders_etl.store.schema import DATETIME_FIELDS, MONEY_FIELDS, ORDER_FIELDS
+from orders_etl.store.types import hex_digests
 
 FRAME_COLUMNS: tuple[str, ...] = ("external_id", *ORDER_FIELDS)
 REQUIRED_COLUMNS = frozenset({"external_id", "number", "currency", "total_amount", "status", "updated_at"})
@@ -54,8 +53,6 @@ _MONEY_PATTERN = r"^(0|[1-9][0-9]{0,14})(\.[0-9]+)?$"
 _DATETIME_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}$"
 _CURRENCIES = pa.array(list(CURRENCY_EXPONENTS))
 _EXPONENTS = pa.array(list(CURRENCY_EXPONENTS.values()), pa.int32())
-_BLAKE2B_128 = functools.partial(hashlib.blake2b, digest_size=16)
-_HEXDIGEST = type(hashlib.blake2b()).hexdigest
 # Text whose repr is itself between single quotes: printable ASCII but ' and \.
 _PLAIN_REPR = r"^[\x20-\x26\x28-\x5b\x5d-\x7e]*$"
 _END = 2**31 - 1  # a slice start past any text's end: replacing there appends
@@ -249,9 +246,7 @@ def content_hashes(table: pa.Table) -> pa.Array:
         rows = table.filter(odd).select(list(FRAME_COLUMNS)).to_pylist()
         exact = [repr(tuple(row[name] for name in FRAME_COLUMNS)) for row in rows]
         texts = pc.replace_with_mask(texts, odd, pa.array(exact, pa.string()))
-    # map() over C callables: no Python frame per row (a third faster than a comprehension).
-    digests = map(_HEXDIGEST, map(_BLAKE2B_128, texts.cast(pa.binary()).to_pylist()))
-    return pa.array(list(digests), pa.string())
+    return pa.array(list(hex_digests(texts.cast(pa.binary()).to_pylist())), pa.string())
 
 
 @dataclass(frozen=True)

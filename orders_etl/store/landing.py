@@ -7,7 +7,6 @@ landed is queued in ``raw_orders_pending`` until the normalize step has committe
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import operator
@@ -28,7 +27,13 @@ from orders_etl.lists import in_lists
 from orders_etl.model import Reject
 from orders_etl.store.engine import plan_for_key_probes, reading
 from orders_etl.store.schema import landed_inputs, order_rejects, raw_orders, raw_orders_pending, sync_state
-from orders_etl.store.types import SQLITE_DATETIME_WIDTH, UtcDateTime, parse_sqlite_datetime, sqlite_datetime
+from orders_etl.store.types import (
+    SQLITE_DATETIME_WIDTH,
+    UtcDateTime,
+    hex_digests,
+    parse_sqlite_datetime,
+    sqlite_datetime,
+)
 
 LANDING_CHUNK_SIZE = 5_000
 # Record keys are indexed: a PostgreSQL btree entry much past 2.7 kB is refused.
@@ -262,8 +267,6 @@ def land_rows(
 Versions = dict[tuple[str, str], LandingRow]
 Version = tuple[tuple[str, str], LandingRow]
 _TEXT = operator.itemgetter(2)
-_BLAKE2B_128 = functools.partial(hashlib.blake2b, digest_size=16)
-_HEXDIGEST = type(hashlib.blake2b()).hexdigest
 # The text's UTF-8 as earlier releases hashed it (a lone surrogate never gets here: dump_payload).
 _UTF8 = operator.methodcaller("encode", "utf-8", "surrogatepass")
 
@@ -275,9 +278,9 @@ def _versions(rows: list[LandingRow]) -> Versions:
     reading process is the landing's bound. Counted by callgrind over 50,000 records, the
     ERP export's reader ran 106k instructions a record and the writer 51k (Shopify's bulk
     file: 112k and 53k); hashing, with the digest's way through the pipe, moved 16k (22k)
-    of them across. Through ``map`` over C callables: no Python frame per payload.
+    of them across.
     """
-    digests = map(_HEXDIGEST, map(_BLAKE2B_128, map(_UTF8, map(_TEXT, rows))))
+    digests = hex_digests(map(_UTF8, map(_TEXT, rows)))
     return {(row[0], digest): row for row, digest in zip(rows, digests, strict=True)}
 
 

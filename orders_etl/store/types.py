@@ -10,6 +10,9 @@ the canonical decimal string instead and summed with the ``decimal_sum`` aggrega
 
 from __future__ import annotations
 
+import functools
+import hashlib
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -22,6 +25,17 @@ from sqlalchemy.types import TypeDecorator
 SQLITE_DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 # The width of what sqlite_datetime writes ("2026-09-03 13:47:20.000000").
 SQLITE_DATETIME_WIDTH = 26
+
+
+_BLAKE2B_128 = functools.partial(hashlib.blake2b, digest_size=16)
+_HEXDIGEST = type(hashlib.blake2b()).hexdigest
+
+
+def hex_digests(datas: Iterable[bytes]) -> Iterator[str]:
+    """The 128-bit BLAKE2b of each, as 32 hex digits: what ``payload_hash`` and
+    ``content_hash`` hold. ``map`` over C callables: no Python frame per item (a third
+    faster than a comprehension)."""
+    return map(_HEXDIGEST, map(_BLAKE2B_128, datas))
 
 
 # Identifiers (sources, keys, hashes, order numbers and ids): text compared byte by byte on

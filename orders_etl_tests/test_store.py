@@ -471,6 +471,50 @@ def test_landed_versions_are_queued_once_until_normalized(store: OrderStore) -> 
     )
 
 
+def _queue(engine: sa.Engine) -> list[tuple[str, int]]:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT source, raw_id FROM raw_orders_pending"))
+        return sorted(tuple(row) for row in rows)
+
+
+def _queue_key(engine: sa.Engine) -> list[str]:
+    return sa.inspect(engine).get_pk_constraint("raw_orders_pending")["constrained_columns"]
+
+
+def test_the_queue_of_a_store_made_before_is_keyed_on_raw_id_alone_and_kept(store_url: str) -> None:
+    engine = create_store_engine(store_url)
+    try:
+        migrate.upgrade(engine, "0007")  # a store whose queue was keyed on (source, raw_id)
+        land_raw(engine, "shopify", [RawRecord("1", BASE_TIME, {"id": 1}), RawRecord("2", LATER, {"id": 2})])
+        land_raw(engine, "erp_files", [RawRecord("SO-1", BASE_TIME, {"no": 1})])
+        queued = _queue(engine)
+        assert [source for source, _ in queued] == ["erp_files", "shopify", "shopify"]
+        assert _queue_key(engine) == ["source", "raw_id"]
+        migrate.upgrade(engine)
+        assert _queue(engine) == queued  # what was queued stays queued
+        assert _queue_key(engine) == ["raw_id"]
+        if engine.dialect.name == "sqlite":  # raw_id is the table's rowid: no index of its own
+            with engine.connect() as conn:
+                assert conn.exec_driver_sql("PRAGMA index_list(raw_orders_pending)").all() == []
+        store = OrderStore(engine)
+        assert _pending(store) == ["1", "2"]
+        store.forget_pending("shopify", [raw_id for source, raw_id in queued if source == "shopify"])
+        assert _queue(engine) == queued[:1]
+        _downgrade(engine, "0007")
+        assert _queue(engine) == queued[:1]
+        assert _queue_key(engine) == ["source", "raw_id"]
+    finally:
+        engine.dispose()
+
+
+def _downgrade(engine: sa.Engine, revision: str) -> None:
+    with engine.begin() as conn:
+        config = Config()
+        config.set_main_option("script_location", str(migrate.MIGRATIONS_DIR))
+        config.attributes["connection"] = conn
+        command.downgrade(config, revision)
+
+
 def test_a_new_sqlite_store_has_16_kib_pages_and_an_existing_one_keeps_its_own(tmp_path) -> None:
     old = tmp_path / "old.db"
     with closing(sqlite3.connect(old)) as conn, conn:  # a store made before: 4 KiB, no WAL
@@ -530,11 +574,7 @@ def test_identifiers_compare_bytewise_on_postgresql_in_a_store_made_before_too(p
             # The views were made again over the converted columns.
             conn.exec_driver_sql("SELECT count(*) FROM reconciliation_open_exceptions").scalar_one()
             assert _schema_diff(conn) == []
-        with engine.begin() as conn:
-            config = Config()
-            config.set_main_option("script_location", str(migrate.MIGRATIONS_DIR))
-            config.attributes["connection"] = conn
-            command.downgrade(config, "0005")
+        _downgrade(engine, "0005")
         with engine.connect() as conn:
             assert set(_key_collations(conn).values()) == {None}
             assert conn.execute(sa.select(sa.func.count()).select_from(orders)).scalar_one() == 3
@@ -560,7 +600,7 @@ def test_key_lookups_probe_an_index_per_key_on_sqlite(sqlite_url: str) -> None:
                 f"EXPLAIN QUERY PLAN {keys}", {"source": "shopify", "keys": bound}
             ).fetchall()
             forget, bound = forget_pending_query("sqlite", [1])
-            plans["(source=? AND raw_id=?)"] = conn.execute(
+            plans["INTEGER PRIMARY KEY (rowid=?)"] = conn.execute(
                 sa.text(f"EXPLAIN QUERY PLAN {forget.text}"), {"source": "shopify", "ids": bound}
             ).all()
         for probe, plan in plans.items():
@@ -601,7 +641,10 @@ def test_key_lookups_probe_the_index_however_stale_the_statistics(pg_url: str) -
                 ).all()
             )
         for plan in ("\n".join(row[0] for row in rows) for rows in plans):
-            assert "Index" in plan and "Seq Scan" not in plan and " Join" not in plan, plan
+            # The queue itself may be read whole (it holds only what is not normalized yet);
+            # every other table is probed by its index.
+            rest = plan.replace("Seq Scan on raw_orders_pending", "")
+            assert "Index" in plan and "Seq Scan" not in rest and " Join" not in plan, plan
         assert len(store.shopify_ids_by_name(names)) == 2_000
     finally:
         store.dispose()

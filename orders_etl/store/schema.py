@@ -106,12 +106,13 @@ raw_orders = sa.Table(
     sa.Index("ix_raw_orders_source_updated_at", "source", "updated_at"),
 )
 
-# The landed versions not normalized yet (migration 0004): queued by the landing, removed
-# by the upsert that normalized them, each in the same transaction as its data.
+# The landed versions not normalized yet (migration 0004): queued by the landing in the
+# transaction that lands them, taken off once the normalize step committed their orders.
+# Keyed on raw_id alone (migration 0008): it names one version of one source.
 raw_orders_pending = sa.Table(
     "raw_orders_pending",
     metadata,
-    sa.Column("source", Key, primary_key=True),
+    sa.Column("source", Key, nullable=False),
     sa.Column("raw_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
 )
 

@@ -7,7 +7,6 @@ landed is queued in ``raw_orders_pending`` until the normalize step has committe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import operator
 from collections import deque
@@ -160,7 +159,7 @@ def storable_key(key: str) -> str:
         return key  # the usual key, as it is (isascii is a flag check: no scan)
     text = storable_text(key)
     if len(text.encode("utf-8")) > MAX_KEY_BYTES:
-        digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+        [digest] = hex_digests([key.encode("utf-8", "surrogatepass")])
         text = f"{text[:200]}...#{digest}"
     return text
 

@@ -8,6 +8,7 @@ import importlib
 import random
 import sqlite3
 import sys
+from array import array
 from collections.abc import Iterator
 from contextlib import closing
 from datetime import datetime, timedelta, timezone
@@ -31,7 +32,14 @@ from orders_etl.store.engine import (
     own_connections_after_fork,
     plan_for_key_probes,
 )
-from orders_etl.store.landing import forget_pending_query, land_raw, landed_before_query, pending_query
+from orders_etl.store.landing import (
+    forget_pending_query,
+    id_runs,
+    land_raw,
+    landed_before_query,
+    pending_query,
+    plan_for_queue_runs,
+)
 from orders_etl.store.schema import declared, metadata, orders, raw_orders, source_orders
 from orders_etl.store.upsert import _join_by, golden_merge_sql, key_lookups_sql
 from orders_etl_tests.factories import BASE_TIME, order
@@ -471,6 +479,25 @@ def test_landed_versions_are_queued_once_until_normalized(store: OrderStore) -> 
     )
 
 
+def test_only_the_versions_taken_go_off_the_queue(store: OrderStore) -> None:
+    # Ids taken off by runs of consecutive ids: an id between two runs, queued by another
+    # run meanwhile, stays; so do the other source's.
+    with store.engine.begin() as conn:
+        conn.execute(
+            sa.text("INSERT INTO raw_orders_pending (source, raw_id) VALUES (:source, :raw_id)"),
+            [{"source": "shopify" if n <= 10 else "erp_files", "raw_id": n} for n in range(1, 13)],
+        )
+    assert id_runs([9, 2, 1, 3, 6, 5, 2]) == ([1, 5, 9], [3, 6, 9])
+    store.forget_pending("shopify", array("q", [9, 2, 1, 3, 6, 5, 2, 11]))
+    assert _queue(store.engine) == [
+        ("erp_files", 11),
+        ("erp_files", 12),
+        *(("shopify", n) for n in (4, 7, 8, 10)),
+    ]
+    store.forget_pending("shopify", [])
+    assert len(_queue(store.engine)) == 6
+
+
 def _queue(engine: sa.Engine) -> list[tuple[str, int]]:
     with engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT source, raw_id FROM raw_orders_pending"))
@@ -599,9 +626,9 @@ def test_key_lookups_probe_an_index_per_key_on_sqlite(sqlite_url: str) -> None:
             plans["(source=? AND record_key=?)"] = driver.execute(
                 f"EXPLAIN QUERY PLAN {keys}", {"source": "shopify", "keys": bound}
             ).fetchall()
-            forget, bound = forget_pending_query("sqlite", [1])
-            plans["INTEGER PRIMARY KEY (rowid=?)"] = conn.execute(
-                sa.text(f"EXPLAIN QUERY PLAN {forget.text}"), {"source": "shopify", "ids": bound}
+            forget, [bound] = forget_pending_query("sqlite", "shopify", [1], [5])
+            plans["INTEGER PRIMARY KEY (rowid>? AND rowid<?)"] = conn.execute(
+                sa.text(f"EXPLAIN QUERY PLAN {forget.text}"), bound
             ).all()
         for probe, plan in plans.items():
             assert any(probe in row[-1] for row in plan), plan
@@ -651,7 +678,7 @@ def test_key_lookups_probe_the_index_however_stale_the_statistics(pg_url: str) -
 
 
 @pytest.mark.postgres
-def test_the_queue_delete_probes_each_id_however_long_the_queue(pg_url: str) -> None:
+def test_the_queue_delete_reads_each_run_by_its_key_however_long_the_queue(pg_url: str) -> None:
     # A bulk load queues a million versions before statistics exist; ``raw_id = ANY(:ids)``
     # was then planned as a scan of the source's whole queue testing each row against every
     # id (54 s to take 200,000 off it).
@@ -662,12 +689,11 @@ def test_the_queue_delete_probes_each_id_however_long_the_queue(pg_url: str) -> 
                 "INSERT INTO raw_orders_pending (source, raw_id) "
                 "SELECT 'shopify', g FROM generate_series(1, 200000) AS g"
             )
-        ids = list(range(1, 200_000, 20))
+        ids = [*range(1, 100_000, 20), *range(100_000, 150_000)]  # runs of one id, and one of 50,000
         with store.engine.begin() as conn:  # under the delete's own planner settings
-            plan_for_key_probes(conn)
-            forget, bound = forget_pending_query("postgresql", ids)
-            explain = sa.text(f"EXPLAIN {forget.text}")
-            plan = "\n".join(row[0] for row in conn.execute(explain, {"source": "shopify", "ids": bound}))
+            plan_for_queue_runs(conn)
+            forget, bound = forget_pending_query("postgresql", "shopify", *id_runs(ids))
+            plan = "\n".join(row[0] for row in conn.execute(sa.text(f"EXPLAIN {forget.text}"), bound))
         assert "Index" in plan and "Seq Scan" not in plan and "Bitmap" not in plan, plan
         store.forget_pending("shopify", ids)
         assert store.count("raw_orders_pending") == 200_000 - len(ids)

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
@@ -737,32 +738,60 @@ def queue_again(
 def forget_pending(engine: Engine, source: str, raw_ids: Sequence[int]) -> None:
     """Take normalized versions off the queue (once their orders are committed).
 
-    The ids go in one parameter per statement (see :func:`forget_pending_query`). As 10,000
-    values bound one by one, building and parsing the statement cost more than running it:
-    on PostgreSQL 11 µs an id, 2.2 s for 200,000.
+    The ids go 10,000 a transaction, as runs of consecutive ids (:func:`id_runs`), each
+    run one range of the queue's key: a landing queues each chunk's ids in a run, so a
+    million ids are a few hundred ranges. Taken off id by id, a million cost PostgreSQL
+    1.7 s and SQLite 0.37 s; by ranges, 0.5 s and 0.2 s. A run holds only ids that were
+    taken, so no version queued meanwhile goes with them.
     """
-    for start in range(0, len(raw_ids), 10_000):
-        query, bound = forget_pending_query(engine.dialect.name, list(raw_ids[start : start + 10_000]))
+    ids = np.sort(np.asarray(raw_ids, dtype=np.int64))
+    for start in range(0, len(ids), 10_000):
+        query, bound = forget_pending_query(
+            engine.dialect.name, source, *id_runs(ids[start : start + 10_000])
+        )
         with engine.begin() as conn:
-            plan_for_key_probes(conn)  # a nested loop over the ids: one probe of the queue's key each
-            conn.execute(query, {"source": source, "ids": bound})
+            plan_for_queue_runs(conn)
+            conn.execute(query, bound)
 
 
-def forget_pending_query(dialect: str, raw_ids: list[int]) -> tuple[sa.TextClause, object]:
-    """The queue's delete of ``raw_ids`` (parameters ``source`` and ``ids``) and the bound ids,
-    in the form of ``names_query``. PostgreSQL: an array, joined as a set (``raw_id =
-    ANY(:ids)`` was planned, under a freshly filled queue's statistics, as a scan of the
-    source's whole queue testing each row against every id: 54 s for 200,000). SQLite: a
-    JSON array that ``json_each`` unpacks, probed by key."""
+def plan_for_queue_runs(conn: Connection) -> None:
+    """PostgreSQL: a nested loop over the runs, one range of the queue's key each. (Under a
+    freshly filled queue's statistics, the loop would scan the whole queue for every run.)"""
+    plan_for_key_probes(conn)
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+
+
+def id_runs(raw_ids: Sequence[int] | np.ndarray) -> tuple[list[int], list[int]]:
+    """The distinct ``raw_ids`` as runs of consecutive ids: each run's first and last id."""
+    ids = np.sort(np.asarray(raw_ids, dtype=np.int64))
+    if not len(ids):
+        return [], []
+    starts = np.flatnonzero(np.diff(ids) > 1) + 1  # (an id given twice stays in its run)
+    lows = ids[np.concatenate(([0], starts))]
+    highs = ids[np.concatenate((starts - 1, [len(ids) - 1]))]
+    return lows.tolist(), highs.tolist()
+
+
+def forget_pending_query(
+    dialect: str, source: str, lows: list[int], highs: list[int]
+) -> tuple[sa.TextClause, Any]:
+    """The queue's delete of the runs ``lows[i]..highs[i]`` of ``source`` and its parameters.
+
+    PostgreSQL: the runs as two arrays, joined as a set under :func:`plan_for_queue_runs`
+    (``raw_id = ANY(:ids)`` was planned, under a freshly filled queue's statistics, as a
+    scan of the source's whole queue testing each row against every id: 54 s for 200,000).
+    SQLite: a range of the table's rowid per run, executed for each.
+    """
     if dialect == "postgresql":
         return sa.text(
-            "DELETE FROM raw_orders_pending AS p USING unnest(CAST(:ids AS bigint[])) AS i(raw_id) "
-            "WHERE p.source = :source AND p.raw_id = i.raw_id"
-        ), raw_ids
+            "DELETE FROM raw_orders_pending AS p "
+            "USING unnest(CAST(:lows AS bigint[]), CAST(:highs AS bigint[])) AS r(low, high) "
+            "WHERE p.source = :source AND p.raw_id BETWEEN r.low AND r.high"
+        ), {"source": source, "lows": lows, "highs": highs}
     return sa.text(
-        "DELETE FROM raw_orders_pending "
-        "WHERE source = :source AND raw_id IN (SELECT value FROM json_each(:ids))"
-    ), json.dumps(raw_ids)
+        "DELETE FROM raw_orders_pending WHERE source = :source AND raw_id BETWEEN :low AND :high"
+    ), [{"source": source, "low": low, "high": high} for low, high in zip(lows, highs, strict=True)]
 
 
 def record_rejects(engine: Engine, rejects: Iterable[Reject], *, run_id: str | None = None) -> int:
